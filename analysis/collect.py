@@ -1,0 +1,269 @@
+"""Read an experiment's results folder into pandas tables.
+
+The folder layout and file formats are the contract documented in README.md:
+    <results>/runs/<arch>-<depth>-<shortcut>/seed=<k>/{config.yaml, metrics.jsonl, summary.json}
+This module reads files only; it never imports the training code.
+
+Robust to partial sweeps, because a report is often made while a sweep still runs:
+- a corrupt metrics.jsonl line is skipped with a warning naming file and line;
+- a run without summary.json is "running/incomplete": its curves are shown, its numbers
+  are not used (a run half-way through would bias the final-error tables);
+- an unreadable summary.json makes the run "corrupt", listed but excluded;
+- a format_version newer than ours stops everything with a clear error, since guessing
+  the meaning of a future format would silently produce wrong numbers.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from itertools import product
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+FORMAT_VERSION = 1
+COMPLETED, INCOMPLETE, CORRUPT = "completed", "running/incomplete", "corrupt"
+RUN_NAME = re.compile(r"^(?P<arch>[A-Za-z]+)-(?P<depth>\d+)-(?P<shortcut>\w+)$")
+SEED_DIR = re.compile(r"^seed=(?P<seed>\d+)$")
+METRIC_FIELDS = ("epoch", "lr", "warmup", "train_loss", "train_err", "test_loss", "test_err",
+                 "elapsed_s", "images_per_s")
+# summary.json fields copied verbatim into the runs table (README lists them all).
+SUMMARY_FIELDS = ("params", "macs", "iterations", "iterations_done", "final_train_err",
+                  "final_test_err", "final_train_loss", "final_test_loss", "best_test_err",
+                  "best_test_iter", "wall_time_s", "images_per_s", "warmup_end_iter",
+                  "diverged_at", "data_source", "data_split", "eval_split", "train_size",
+                  "eval_size", "batch_size", "lr", "milestones", "gamma", "weight_decay",
+                  "momentum", "device", "device_name", "precision", "channels_last",
+                  "torch_version", "git_commit", "error")
+IDENTITY = ["arch", "depth", "shortcut", "seed"]
+
+
+class ResultsError(Exception):
+    """A problem the user must fix; the message is the single line printed for it."""
+
+
+@dataclass
+class Results:
+    root: Path
+    runs: pd.DataFrame        # one row per run folder: identity, status, summary fields
+    metrics: pd.DataFrame     # one row per (run, evaluation point)
+    probes: pd.DataFrame      # one row per (run, probe, layer): response_std and grad_norm
+    configs: dict[str, dict]  # run_id -> resolved config.yaml
+    missing: pd.DataFrame     # (arch, depth, shortcut, seed) with no run folder at all
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def completed(self) -> pd.DataFrame:
+        """The runs whose numbers enter the tables: only finished ones."""
+        return self.runs[self.runs["status"] == COMPLETED]
+
+
+def experiment_name(root: Path) -> str:
+    """The EXP= value that `make` maps to this folder: the path below the last `results`."""
+    parts = Path(root).parts
+    if "results" in parts:
+        below = parts[len(parts) - parts[::-1].index("results"):]
+        if below:
+            return "/".join(below)
+    return Path(root).name
+
+
+def _number(value):
+    """A JSON value as float, None/non-numbers as NaN (NaN and inf survive json.loads)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return math.nan
+    return float(value)
+
+
+def _check_version(version, path: Path, where: str) -> None:
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        raise ResultsError(
+            f"{path}{where} has format_version {version}, newer than this analysis reads "
+            f"({FORMAT_VERSION}); update the suite to analyse it")
+
+
+def read_metrics(path: Path, warnings: list[str]) -> list[dict]:
+    """The valid lines of a metrics.jsonl; every invalid one becomes a warning."""
+    records = []
+    if not path.exists():
+        return records
+    for lineno, text in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        if not text.strip():
+            continue
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as exc:
+            warnings.append(f"{path}: line {lineno}: not valid JSON ({exc.msg}); line skipped")
+            continue
+        if not isinstance(record, dict):
+            warnings.append(f"{path}: line {lineno}: not a JSON object; line skipped")
+            continue
+        version = record.get("format_version")
+        _check_version(version, path, f": line {lineno}")
+        if version != FORMAT_VERSION:
+            warnings.append(f"{path}: line {lineno}: format_version {version!r}, expected "
+                            f"{FORMAT_VERSION}; line skipped")
+            continue
+        if isinstance(record.get("iter"), bool) or not isinstance(record.get("iter"), int):
+            warnings.append(f"{path}: line {lineno}: no integer 'iter'; line skipped")
+            continue
+        records.append(record)
+    return records
+
+
+def read_summary(path: Path, warnings: list[str]) -> dict | None:
+    """summary.json as a dict, or None when it is unreadable (the run is then 'corrupt')."""
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        warnings.append(f"{path}: unreadable ({exc}); run listed as corrupt")
+        return None
+    if not isinstance(summary, dict):
+        warnings.append(f"{path}: not a JSON object; run listed as corrupt")
+        return None
+    _check_version(summary.get("format_version"), path, "")
+    if summary.get("format_version") != FORMAT_VERSION or not isinstance(summary.get("status"), str):
+        warnings.append(f"{path}: format_version {summary.get('format_version')!r} or status "
+                        f"{summary.get('status')!r} invalid; run listed as corrupt")
+        return None
+    return summary
+
+
+def read_config(path: Path, warnings: list[str]) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        warnings.append(f"{path}: unreadable config ({str(exc).splitlines()[0]}); ignored")
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _identity(run_dir: Path, config: dict, summary: dict | None) -> dict | None:
+    """arch/depth/shortcut/seed from the folder names (the contract), else from the files."""
+    named = RUN_NAME.match(run_dir.parent.name)
+    model = config.get("model") or {}
+    summary = summary or {}
+    ident = {
+        "arch": named["arch"] if named else summary.get("arch", model.get("arch")),
+        "depth": int(named["depth"]) if named else summary.get("depth", model.get("depth")),
+        "shortcut": named["shortcut"] if named else summary.get("shortcut", model.get("shortcut")),
+        "seed": int(SEED_DIR.match(run_dir.name)["seed"]),
+    }
+    if ident["arch"] is None or not isinstance(ident["depth"], int):
+        return None
+    ident["shortcut"] = str(ident["shortcut"])
+    return ident
+
+
+def _read_run(run_dir: Path, root: Path, warnings: list[str]):
+    config = read_config(run_dir / "config.yaml", warnings)
+    records = read_metrics(run_dir / "metrics.jsonl", warnings)
+    summary_path = run_dir / "summary.json"
+    summary = read_summary(summary_path, warnings) if summary_path.exists() else None
+    ident = _identity(run_dir, config, summary)
+    if ident is None:
+        warnings.append(f"{run_dir}: cannot tell arch/depth from folder or files; skipped")
+        return None
+    run_id = run_dir.relative_to(root / "runs").as_posix()
+    status = summary["status"] if summary else (CORRUPT if summary_path.exists() else INCOMPLETE)
+    data = config.get("data") or {}
+    row = {"run_id": run_id, "run": run_dir.parent.name, **ident, "status": status,
+           "n_points": len(records), "data_root": data.get("root")}
+    for key in SUMMARY_FIELDS:
+        row[key] = (summary or {}).get(key)
+    # Fill in from config and metrics what a run without a usable summary still tells us.
+    if row["iterations"] is None:
+        row["iterations"] = (config.get("schedule") or {}).get("iterations")
+    if row["data_source"] is None:
+        row["data_source"] = data.get("source")
+    last = records[-1] if records else {}
+    if row["iterations_done"] is None:
+        row["iterations_done"] = last.get("iter", 0)
+    row["last_iter"] = last.get("iter")
+    row["last_train_err"] = _number(last.get("train_err"))
+    row["last_test_err"] = _number(last.get("test_err"))
+    if status == COMPLETED:
+        # A completed summary should carry its final numbers; the last point is the fallback.
+        for name in ("train_err", "test_err"):
+            if not math.isfinite(_number(row[f"final_{name}"])):
+                row[f"final_{name}"] = row[f"last_{name}"]
+    layers = (summary or {}).get("response_layers")
+    return run_id, row, config, records, layers if isinstance(layers, list) else None
+
+
+def _metric_rows(run_id: str, ident: dict, records: list[dict]) -> list[dict]:
+    rows = []
+    for record in records:
+        row = {"run_id": run_id, **ident, "iter": record["iter"]}
+        for name in METRIC_FIELDS:
+            row[name] = (bool(record.get(name)) if name == "warmup"
+                         else _number(record.get(name)))
+        rows.append(row)
+    return rows
+
+
+def _probe_rows(run_id: str, ident: dict, records: list[dict], layers: list | None) -> list[dict]:
+    """Layer responses at the LAST point that has them (end of training, paper Fig. 7) and
+    gradient norms at the FIRST point that has them (how gradients flow at initialisation)."""
+    rows = []
+    for probe, pick in (("response_std", -1), ("grad_norm", 0)):
+        points = [r for r in records if isinstance(r.get(probe), list) and r[probe]]
+        if not points:
+            continue
+        point = points[pick]
+        values = point[probe]
+        names = layers if layers and len(layers) == len(values) else None
+        for i, value in enumerate(values):
+            rows.append({"run_id": run_id, **ident, "probe": probe, "iter": point["iter"],
+                         "layer": i + 1, "layer_name": names[i] if names else f"layer {i + 1}",
+                         "value": _number(value)})
+    return rows
+
+
+def _missing(runs: pd.DataFrame) -> pd.DataFrame:
+    """Configurations lacking a seed that other configurations have: a sweep that has not
+    reached them yet, or a run that was never launched. Said out loud, never dropped."""
+    present = set(map(tuple, runs[IDENTITY].itertuples(index=False)))
+    nets = sorted(set(map(tuple, runs[["arch", "depth", "shortcut"]].itertuples(index=False))))
+    seeds = sorted(set(runs["seed"]))
+    rows = [dict(zip(IDENTITY, (*net, seed))) for net, seed in product(nets, seeds)
+            if (*net, seed) not in present]
+    return pd.DataFrame(rows, columns=IDENTITY)
+
+
+def collect(root: Path | str) -> Results:
+    """Everything under <root>/runs, or ResultsError when there is nothing to analyse."""
+    root = Path(root)
+    run_dirs = sorted(d for d in (root / "runs").glob("*/seed=*")
+                      if d.is_dir() and SEED_DIR.match(d.name))
+    if not run_dirs:
+        raise ResultsError(f"no runs under {root / 'runs'}; run `make sweep "
+                           f"EXP={experiment_name(root)}` first")
+    warnings: list[str] = []
+    rows, metric_rows, probe_rows, configs = [], [], [], {}
+    for run_dir in run_dirs:
+        read = _read_run(run_dir, root, warnings)
+        if read is None:
+            continue
+        run_id, row, config, records, layers = read
+        ident = {k: row[k] for k in (*IDENTITY, "status")}
+        rows.append(row)
+        configs[run_id] = config
+        metric_rows += _metric_rows(run_id, ident, records)
+        probe_rows += _probe_rows(run_id, ident, records, layers)
+    if not rows:
+        raise ResultsError(f"no readable runs under {root / 'runs'}; see the warnings above")
+    runs = pd.DataFrame(rows).sort_values(["arch", "shortcut", "depth", "seed"], ignore_index=True)
+    metrics = pd.DataFrame(metric_rows, columns=["run_id", *IDENTITY, "status", "iter",
+                                                 *METRIC_FIELDS])
+    probes = pd.DataFrame(probe_rows, columns=["run_id", *IDENTITY, "status", "probe", "iter",
+                                               "layer", "layer_name", "value"])
+    return Results(root=root, runs=runs,
+                   metrics=metrics.sort_values(["run_id", "iter"], ignore_index=True),
+                   probes=probes.sort_values(["run_id", "probe", "layer"], ignore_index=True),
+                   configs=configs, missing=_missing(runs), warnings=warnings)
