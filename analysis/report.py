@@ -1,0 +1,233 @@
+"""Figures, tables and the report of one experiment, from its results folder.
+
+    python -m analysis.report --results results/<exp> [--figures-only]
+
+Writes <results>/figures/*.png|svg, and unless --figures-only, <results>/tables/*.csv,
+report.md and report.html. Everything is read before anything is written, so a problem the
+user must fix (no runs, a newer file format) ends with one line on stderr, exit status 2,
+and no file touched. Output is deterministic given the same files, apart from the single
+"Generated ..." line (which honours SOURCE_DATE_EPOCH).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from analysis import figures, findings, paper, render, tables
+from analysis.collect import COMPLETED, Results, ResultsError, collect, experiment_name
+from analysis.style import data_label, default_mode, is_fake, save
+
+
+def _ms(mean, std, n) -> str:
+    """'8.50 ± 0.50 (n=3)'; a single seed has no std, and no seed has no number."""
+    if not n or not math.isfinite(mean):
+        return "—"
+    return f"{mean:.2f}" + (f" ± {std:.2f}" if math.isfinite(std) else "") + f" (n={int(n)})"
+
+
+def _num(x, fmt="{:.2f}") -> str:
+    return "" if x is None or pd.isna(x) else fmt.format(x)
+
+
+def _count(x) -> str:
+    return _num(x, "{:,.0f}")
+
+
+def _mega(x) -> str:
+    return _num(x / 1e6 if x is not None and pd.notna(x) else None, "{:.2f}M")
+
+
+def _net(arch, shortcut, depth) -> str:
+    return f"plain-{depth}" if arch == "plain" else f"ResNet-{depth} ({shortcut})"
+
+
+def degradation_view(t: pd.DataFrame, shortcut) -> pd.DataFrame:
+    cols = {"depth": t["depth"]}
+    for arch, name in (("plain", "plain"), ("resnet", f"ResNet ({shortcut})")):
+        for kind in ("train", "test"):
+            cols[f"{name} {kind} err %"] = [
+                _ms(m, s, n) for m, s, n in zip(t[f"{arch}_{kind}_err_mean"],
+                                                t[f"{arch}_{kind}_err_std"], t[f"{arch}_n"])]
+    return pd.DataFrame(cols)
+
+
+def pairs_view(p: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "arch": p["arch"], "depths": [f"{a} → {b}" for a, b in zip(p["shallower"], p["deeper"])],
+        "train err %": [f"{a:.2f} → {b:.2f}" for a, b in zip(p["train_err_shallower"],
+                                                              p["train_err_deeper"])],
+        "change": [f"{x:+.2f} points" for x in p["penalty_points"]],
+        "deeper worse": ["yes" if w else "no" for w in p["deeper_worse"]],
+        "seeds": [f"{a} / {b}" for a, b in zip(p["n_shallower"], p["n_deeper"])]})
+
+
+def table6_view(t: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "net": [_net(a, s, d) for a, s, d in zip(t["arch"], t["shortcut"], t["depth"])],
+        "final test err %": [_ms(m, s, n) for m, s, n in
+                             zip(t["final_test_err_mean"], t["final_test_err_std"], t["n"])],
+        "final train err %": [_ms(m, s, n) for m, s, n in
+                              zip(t["final_train_err_mean"], t["final_train_err_std"], t["n"])],
+        "best test err over training % (extra)": t["best_over_training_test_err_mean"].map(_num),
+        "params": t["params"].map(_count), "paper params": t["paper_params_M"].map(
+            lambda x: _num(x, "{:g}M")),
+        "paper test err %": t["paper_test_err"].map(_num), "compared to": t["paper_basis"],
+        "ours − paper": t["diff_vs_paper"].map(lambda x: _num(x, "{:+.2f}")),
+        "not counted": t["not_counted"]})
+
+
+def abc_view(t: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "depth": t["depth"], "option": t["option"],
+        "final test err %": [_ms(m, s, n) for m, s, n in
+                             zip(t["final_test_err_mean"], t["final_test_err_std"], t["n"])],
+        "final train err % (mean)": t["final_train_err_mean"].map(_num),
+        "params": t["params"].map(_count), "MACs": t["macs"].map(_mega),
+        "not counted": t["not_counted"]})
+
+
+def inventory_view(t: pd.DataFrame) -> pd.DataFrame:
+    best = [f"{_num(e)} (iter {_count(i)})" if pd.notna(e) else ""
+            for e, i in zip(t["best_over_training_test_err"], t["best_over_training_iter"])]
+    return pd.DataFrame({
+        "run": t["run"], "seed": t["seed"], "status": t["status"],
+        "params": t["params"].map(_count), "MACs": t["macs"].map(_mega),
+        "iterations": [f"{_count(d)} / {_count(p)}" if pd.notna(p) else "" for d, p in
+                       zip(t["iterations_done"], t["iterations_planned"])],
+        "final train err %": t["final_train_err"].map(_num),
+        "final test err %": t["final_test_err"].map(_num),
+        "best test err over training % (extra)": best,
+        "wall time s": t["wall_time_s"].map(lambda x: _num(x, "{:.0f}")), "note": t["note"]})
+
+
+def problems(results: Results, inventory: pd.DataFrame) -> list[str]:
+    """Every run left out of the numbers, and every warning, paths relative to the folder."""
+    out = [f"{r.run}/seed={r.seed}: {r.note or r.status}"
+           for r in inventory[inventory["status"] != COMPLETED].itertuples()]
+    prefix = f"{results.root}/"
+    return out + [f"warning: {w.replace(prefix, '')}" for w in results.warnings]
+
+
+def build_blocks(results: Results, all_tables: dict, plots, pngs: dict, stamp: str) -> list:
+    exp, shortcut = experiment_name(results.root), tables.main_shortcut(results.runs)
+    blocks = [("title", f"Plain vs residual networks: {exp}")]
+    if is_fake(results.runs):
+        blocks.append(("banner", "FAKE DATA (tests only): these numbers say nothing about "
+                                 "CIFAR-10."))
+    blocks += [("stamp", stamp), ("p", f"Data: {data_label(results.runs)}."),
+               ("h2", "Findings"), *[("p", s) for s in findings.findings(results, all_tables)],
+               ("h2", "What degradation is"), ("p", findings.EXPLANATION), ("h2", "Figures")]
+    for plot in plots:
+        if plot.figure is None:
+            blocks.append(("p", f"{plot.title}: {plot.caption}"))
+        else:
+            blocks.append(("figure", plot.title, plot.caption, f"figures/{plot.name}.png",
+                           pngs[plot.name]))
+    blocks += [
+        ("h2", "Tables"),
+        ("table", degradation_view(all_tables["degradation"], shortcut),
+         "Degradation: final errors per depth, mean ± std over completed seeds "
+         "(tables/degradation.csv)."),
+        ("table", pairs_view(all_tables["degradation_pairs"]),
+         "Consecutive depths: is the deeper net worse on final training error? "
+         "(tables/degradation_pairs.csv)")]
+    if len(set(all_tables["abc"]["option"]) - {"plain"}) >= 2:
+        blocks.append(("table", abc_view(all_tables["abc"]),
+                       "Shortcut options per depth, plain as baseline (tables/abc.csv)."))
+    else:
+        blocks.append(("p", "Shortcut options: skipped, one option only (tables/abc.csv)."))
+    blocks += [("table", inventory_view(all_tables["inventory"]),
+                "Every run, including the missing and unfinished (tables/inventory.csv).")]
+    blocks += [
+        ("h2", "Comparison with the paper"),
+        ("p", findings.budget_sentence(results)),
+        ("table", table6_view(all_tables["table6"]),
+         f"Paper: {paper.CITATION}, {paper.TABLE6_SOURCE}; ResNet-110 is compared with the "
+         "paper's mean of 5 runs (tables/table6.csv)."),
+        ("p", f"{paper.TABLE3_SOURCE}, for the shortcut options: " + ", ".join(
+            f"{k} {v:.2f}" for k, v in paper.TABLE3_TOP1_ERR.items()) + "."),
+        ("h2", "Recipe used"), ("kv", findings.recipe(results)),
+        ("h2", "Data"), ("kv", findings.data_source(results)),
+        ("h2", "Software and device"), ("kv", findings.software(results)),
+        ("h2", "Problems"), ("list", problems(results, all_tables["inventory"]) or ["none"])]
+    return blocks
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Atomic: a reader never sees half a report."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.chmod(tmp, default_mode())
+    with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def write_figures(results: Results) -> tuple[list, dict]:
+    plots, pngs = figures.build_all(results), {}
+    folder = results.root / "figures"
+    for plot in plots:
+        if plot.figure is None:  # a figure skipped now must not linger from an older run
+            for ext in ("png", "svg"):
+                (folder / f"{plot.name}.{ext}").unlink(missing_ok=True)
+        else:
+            pngs[plot.name] = save(plot.figure, folder, plot.name).read_bytes()
+    return plots, pngs
+
+
+def write_report(results: Results, figures_only: bool = False) -> list[Path]:
+    plots, pngs = write_figures(results)
+    written = [results.root / "figures" / f"{name}.png" for name in pngs]
+    if figures_only:
+        return written
+    all_tables = tables.all_tables(results)
+    (results.root / "tables").mkdir(exist_ok=True)
+    for name, frame in all_tables.items():
+        path = results.root / "tables" / f"{name}.csv"
+        _write_text(path, frame.to_csv(index=False, lineterminator="\n", float_format="%.10g"))
+        written.append(path)
+    all_tables["verdict"] = tables.verdict(all_tables["degradation"])
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    now = datetime.fromtimestamp(int(epoch), timezone.utc) if epoch else datetime.now(timezone.utc)
+    stamp = f"Generated {now:%Y-%m-%d %H:%M:%S} UTC by python -m analysis.report"
+    blocks = build_blocks(results, all_tables, plots, pngs, stamp)
+    title = f"Plain vs residual networks: {experiment_name(results.root)}"
+    for name, text in (("report.md", render.to_markdown(blocks)),
+                       ("report.html", render.to_html(blocks, title))):
+        _write_text(results.root / name, text)
+        written.append(results.root / name)
+    return written
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", required=True, type=Path,
+                        help="an experiment folder, e.g. results/quick or results/reference/quick")
+    parser.add_argument("--figures-only", action="store_true",
+                        help="write figures/ only (make plots)")
+    args = parser.parse_args(argv)
+    try:
+        results = collect(args.results)
+    except ResultsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for warning in results.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    written = write_report(results, figures_only=args.figures_only)
+    for path in written:
+        print(f"wrote {path}")
+    if not args.figures_only:
+        verdict = tables.verdict(tables.degradation(results))
+        print(f"degradation: {verdict['status']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
