@@ -1,0 +1,60 @@
+"""Cheap measurements beyond the error curves: layer responses (paper Fig. 7) and per-layer
+gradient norms (how well gradients reach the early layers)."""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from experiments.models import conv_layers, response_layers
+
+
+@torch.no_grad()
+def evaluate(model, batches, autocast, eval_batch_size: int, with_responses: bool = False):
+    """Loss and error (%) over the evaluation split; with `with_responses`, also the std of every
+    3x3 layer's BN output (after BN, before ReLU / addition) over all of it."""
+    layers = response_layers(model) if with_responses else []
+    sums = [None] * len(layers)  # running (count, sum, sum of squares), float64 for accuracy
+
+    def hook(i):
+        def record(_m, _inp, out):
+            o = out.detach().double()
+            s = torch.stack([torch.tensor(o.numel(), dtype=torch.float64, device=o.device), o.sum(), (o * o).sum()])
+            sums[i] = s if sums[i] is None else sums[i] + s
+        return record
+
+    handles = [m.register_forward_hook(hook(i)) for i, (_, m) in enumerate(layers)]
+    was_training = model.training
+    model.eval()
+    loss_sum = wrong = n = 0
+    try:
+        for x, y in batches.eval_batches(eval_batch_size):
+            with autocast():
+                logits = model(x)
+            loss_sum = loss_sum + F.cross_entropy(logits.float(), y, reduction="sum")
+            wrong = wrong + (logits.argmax(1) != y).sum()
+            n += len(y)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    result = {"test_loss": float(loss_sum) / n, "test_err": 100.0 * float(wrong) / n}
+    if with_responses:
+        stds = []
+        for cnt, s, sq in (t.tolist() for t in sums):
+            mean = s / cnt
+            stds.append(max(sq / cnt - mean * mean, 0.0) ** 0.5)
+        result["response_std"] = stds
+    return result
+
+
+def gradient_norms(model, x, y, autocast) -> list[float]:
+    """L2 norm of the loss gradient of every 3x3 conv weight on one fixed batch, in layer order.
+    Runs on a copy in train mode so the real model's BN statistics and gradients are untouched."""
+    probe = copy.deepcopy(model).train()
+    probe.zero_grad(set_to_none=True)
+    with autocast():
+        loss = F.cross_entropy(probe(x).float(), y)
+    loss.backward()
+    return [float(m.weight.grad.float().norm()) for _, m in conv_layers(probe)]

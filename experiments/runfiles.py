@@ -1,0 +1,91 @@
+"""Where a run lives on disk and how its files are written (the results contract, README)."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from experiments.faults import fault_point
+
+FORMAT_VERSION = 1
+
+
+def run_name(arch: str, depth: int, shortcut: str) -> str:
+    return f"{arch}-{depth}-{shortcut if arch == 'resnet' else 'none'}"
+
+
+def run_dir(results_dir: str | Path, experiment: str, arch: str, depth: int, shortcut: str, seed: int) -> Path:
+    """A pure function of the config: asking twice for the same run finds the same folder."""
+    return Path(results_dir) / experiment / "runs" / run_name(arch, depth, shortcut) / f"seed={seed}"
+
+
+def _atomic(path: Path, write) -> None:
+    """Write to a temp file in the same folder, fsync, then os.replace: readers see the old
+    file or the new one, never a half-written one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        fault_point(f"write:{path.name}")  # killed here: the temp file exists, the target is untouched
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    _atomic(path, lambda f: f.write(text.encode()))
+
+
+def atomic_write_json(path: Path, obj: dict) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def atomic_torch_save(path: Path, obj: dict) -> None:
+    _atomic(path, lambda f: torch.save(obj, f))
+
+
+def read_json(path: Path) -> dict | None:
+    """The parsed file, or None when it is missing or unreadable (a crash mid-write of a
+    non-atomic copy, a disk error): the caller treats that as 'not done'."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_metrics(path: Path, up_to_iter: int | None = None) -> list[dict]:
+    """The valid lines of metrics.jsonl (a line cut short by a kill is dropped), optionally
+    only those at or before `up_to_iter` (the checkpoint a resumed run continues from)."""
+    rows = []
+    if not path.exists():
+        return rows
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and "iter" in row and (up_to_iter is None or row["iter"] <= up_to_iter):
+            rows.append(row)
+    return rows
+
+
+def to_jsonl(row: dict) -> str:
+    return json.dumps(row, sort_keys=True) + "\n"
+
+
+def append_metrics(path: Path, row: dict) -> None:
+    with open(path, "a") as f:
+        line = to_jsonl(row)
+        f.write(line[: len(line) // 2])
+        f.flush()
+        fault_point("append:metrics")  # killed here: a half line, which readers must drop
+        f.write(line[len(line) // 2:])
+        f.flush()
+        os.fsync(f.fileno())

@@ -1,0 +1,193 @@
+"""`make sweep`: plan an experiment's Hydra multirun, print it, run it, and report every run.
+
+The sweep itself is Hydra's: this wrapper expands the experiment's `hydra.sweeper.params` the way
+Hydra's basic sweeper does (to print the plan with each run's status and cost), then launches
+`python -m experiments.train --multirun experiment=<exp> ...` with the chosen launcher.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from experiments.checks import ConfigError, check_config
+from experiments.device import available_cores
+from experiments.models import build_model, count_macs
+from experiments.runfiles import read_json, run_dir
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+LAUNCHERS = {"basic": "basic", "joblib": "joblib", "slurm": "slurm", "local": "local"}
+# Training images/s per GMAC of forward work, measured on this project's machines; used only when
+# results/bench/latest.json has no figure for the device (see `make bench`).
+FALLBACK_GMAC_IMAGES_PER_S = {"cpu": 1.3e3 / 40.55 * 0.041, "cuda": 25_000 * 0.125}
+
+
+class SweepError(Exception):
+    """A sweep request a user can fix; printed as one line."""
+
+
+@dataclass
+class PlannedRun:
+    overrides: list[str]
+    folder: Path
+    status: str
+    iterations: int
+    images: int
+    macs: int
+
+
+def experiments() -> list[str]:
+    return sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+def base_overrides(args) -> list[str]:
+    out = [f"experiment={args.exp}", f"results_dir={args.results}"]
+    if args.data:
+        out.append(f"data={args.data}")
+    if args.data_root:
+        out.append(f"data.root={args.data_root}")
+    if args.jobs > 1 and args.launcher in ("joblib",):
+        out.append(f"trainer.threads={max(1, available_cores() // args.jobs)}")  # share the cores
+    return out + list(args.overrides)
+
+
+def expand(args) -> list[list[str]]:
+    """Every run of the sweep as its list of overrides, in Hydra's order."""
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=base_overrides(args), return_hydra_config=True)
+    params = dict(OmegaConf.to_container(cfg.hydra.sweeper.params or {}, resolve=False))
+    params["seed"] = ",".join(str(s) for s in range(args.seeds))
+    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    return BasicSweeper.split_arguments(parsed, None)[0]
+
+
+def plan(args) -> list[PlannedRun]:
+    runs = []
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        for sweep_overrides in expand(args):
+            cfg = compose("config", overrides=base_overrides(args) + sweep_overrides)
+            try:
+                check_config(cfg)
+            except ConfigError as e:
+                raise SweepError(f"{' '.join(sweep_overrides)}: {e}") from None
+            m = cfg.model
+            folder = run_dir(cfg.results_dir, cfg.experiment_name, m.arch, m.depth, m.shortcut, cfg.seed)
+            summary = read_json(folder / "summary.json")
+            status = summary["status"] if summary and summary.get("status") in ("completed", "diverged") else (
+                "partial" if (folder / "last.pt").exists() else "to do")
+            runs.append(PlannedRun(sweep_overrides, folder, status, cfg.schedule.iterations,
+                                   cfg.schedule.iterations * cfg.optim.batch_size, _macs(m)))
+    return runs
+
+
+_MAC_CACHE: dict = {}
+
+
+def _macs(m) -> int:
+    key = (m.arch, m.depth, m.shortcut, m.width)
+    if key not in _MAC_CACHE:  # MACs are counted by a real forward pass; cache per architecture
+        _MAC_CACHE[key] = count_macs(build_model(m.arch, m.depth, m.shortcut if m.arch == "resnet" else "A",
+                                                 width=m.width))
+    return _MAC_CACHE[key]
+
+
+def estimate_seconds(run: PlannedRun, device: str) -> float:
+    rate = FALLBACK_GMAC_IMAGES_PER_S[device]
+    bench = read_json(Path("results/bench/latest.json")) if Path("results/bench/latest.json").exists() else None
+    if bench:
+        rows = [r for r in bench.get("rows", []) if r.get("device") == device and r.get("suite_images_per_s")]
+        if rows:  # images/s x GMAC of the benchmarked models, averaged
+            rate = sum(r["suite_images_per_s"] * r["macs"] / 1e9 for r in rows) / len(rows)
+    return run.images * run.macs / 1e9 / rate
+
+
+def print_plan(runs: list[PlannedRun], args) -> None:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    todo = [r for r in runs if r.status != "completed" and r.status != "diverged"]
+    print(f"sweep {args.exp}: {len(runs)} runs, {len(runs) - len(todo)} done, {len(todo)} to train "
+          f"(launcher {args.launcher}, jobs {args.jobs}, results {args.results})")
+    total = 0.0
+    for r in runs:
+        secs = estimate_seconds(r, device) if r in todo else 0.0
+        total += secs
+        print(f"  {r.status:8s} {r.folder}  {r.iterations} it, {r.macs * r.images * 3 / 1e15:7.2f} PMAC"
+              + (f", ~{secs / 60:.0f} min" if secs else ""))
+    print(f"estimated time on {device} (one job at a time): ~{total / 60:.0f} min"
+          + (" (rough: run `make bench` to calibrate)" if not Path("results/bench/latest.json").exists() else ""))
+
+
+def launch(args) -> int:
+    cmd = [sys.executable, "-m", "experiments.train", "--multirun", *base_overrides(args),
+           f"seed={','.join(str(s) for s in range(args.seeds))}"]
+    if args.launcher != "basic":
+        cmd.append(f"hydra/launcher={LAUNCHERS[args.launcher]}")
+    if args.launcher == "joblib":
+        cmd.append(f"hydra.launcher.n_jobs={args.jobs}")
+    print("$ " + " ".join(cmd), flush=True)
+    return subprocess.run(cmd).returncode
+
+
+def report(runs: list[PlannedRun]) -> int:
+    print(f"\n{'run':44s} {'status':10s} {'train err':>9s} {'test err':>9s} {'time':>8s}")
+    bad = 0
+    for r in runs:
+        s = read_json(r.folder / "summary.json") or {"status": "missing"}
+        status = s.get("status", "corrupt")
+        bad += status not in ("completed", "diverged")
+        fmt = lambda v: f"{v:8.2f}%" if isinstance(v, (int, float)) else f"{'-':>9s}"  # noqa: E731
+        wall = s.get("wall_time_s")
+        print(f"{str(r.folder):44s} {status:10s} {fmt(s.get('final_train_err'))} {fmt(s.get('final_test_err'))} "
+              f"{(f'{wall / 60:6.1f}m' if wall else '-'):>8s}")
+    if bad:
+        print(f"{bad} run(s) did not complete; rerun the same command to resume them", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--exp", default="quick")
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--launcher", default="basic")
+    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--results", default="results")
+    p.add_argument("--data")
+    p.add_argument("--data-root")
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
+    args = p.parse_args(argv)
+    if args.exp not in experiments():
+        raise SweepError(f"no experiment {args.exp!r}; choose one of {', '.join(experiments())} (conf/experiment/)")
+    if args.seeds < 1:
+        raise SweepError(f"SEEDS must be at least 1, got {args.seeds}")
+    if args.launcher not in LAUNCHERS:
+        raise SweepError(f"unknown LAUNCHER {args.launcher!r}; choose one of {', '.join(LAUNCHERS)}")
+    if args.jobs < 1 or (args.launcher == "joblib" and args.jobs > available_cores()):
+        raise SweepError(f"JOBS={args.jobs} must be between 1 and this machine's {available_cores()} cores")
+    return args
+
+
+def main(argv=None) -> int:
+    try:
+        args = parse_args(argv)
+        runs = plan(args)
+    except SweepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print_plan(runs, args)
+    if args.dry_run:
+        return 0
+    rc = launch(args)
+    code = report(runs)
+    return code or (1 if rc else 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

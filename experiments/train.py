@@ -1,0 +1,339 @@
+"""One run: one network, one config, one seed. `python -m experiments.train [hydra overrides]`.
+
+Reads top to bottom: check the config (nothing created on error), take the run's lock, resume
+from its checkpoint, train with evaluation points, write summary.json last and atomically.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import torch
+import torch.nn.functional as F
+from filelock import FileLock, Timeout
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.checks import ConfigError, check_config
+from experiments.data import DataError, DeviceBatches, load_data
+from experiments.device import RunDevice, pick_device
+from experiments.faults import fault_point
+from experiments.models import build_model, count_macs, count_params, response_layers
+from experiments.probes import evaluate, gradient_norms
+from experiments.progress import Progress
+from experiments.runfiles import (
+    FORMAT_VERSION, append_metrics, atomic_torch_save, atomic_write_json, atomic_write_text,
+    read_json, read_metrics, run_dir, to_jsonl,
+)
+from experiments.schedule import LrSchedule
+
+# Keys that change what a run computes; a resumed run must match them (the folder name
+# alone does not pin iterations, data or recipe).
+RESULT_KEYS = ("model", "optim", "schedule", "seed", "data.source", "data.split", "data.train_subset",
+               "data.normalize", "trainer.eval_every", "trainer.probes", "trainer.precision")
+FINISHED = ("completed", "diverged")
+
+
+class Interrupted(Exception):
+    """SIGTERM / SIGINT arrived: the run checkpointed and stops; rerunning resumes it."""
+
+
+def result_config(cfg: DictConfig) -> dict:
+    return {k: OmegaConf.to_container(OmegaConf.select(cfg, k), resolve=True)
+            if OmegaConf.is_config(OmegaConf.select(cfg, k)) else OmegaConf.select(cfg, k) for k in RESULT_KEYS}
+
+
+def saved_result_config(path: Path) -> dict | None:
+    try:
+        return result_config(OmegaConf.load(path))
+    except Exception:  # missing or unreadable: nothing to compare against
+        return None
+
+
+def folder_of(cfg: DictConfig) -> Path:
+    m = cfg.model
+    return run_dir(cfg.results_dir, cfg.experiment_name, m.arch, m.depth, m.shortcut, cfg.seed)
+
+
+def git_commit() -> str | None:
+    head = Path(__file__).resolve().parents[1] / ".git"
+    try:
+        ref = (head / "HEAD").read_text().strip()
+        if ref.startswith("ref: "):
+            ref = (head / ref[5:]).read_text().strip()
+        return ref
+    except OSError:
+        return None
+
+
+def run(cfg: DictConfig) -> dict:
+    """Train (or resume, or return) the run `cfg` names; returns its summary."""
+    check_config(cfg)
+    folder = folder_of(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with FileLock(folder / ".lock", timeout=0):
+            return _run_locked(cfg, folder)
+    except Timeout:
+        print(f"skipped {folder}: another process is training this run right now", file=sys.stderr)
+        return {"status": "locked", "run_dir": str(folder)}
+
+
+def _run_locked(cfg: DictConfig, folder: Path) -> dict:
+    summary_path, ckpt_path = folder / "summary.json", folder / "last.pt"
+    for tmp in folder.glob(".*.tmp"):  # left by a kill mid-write; the real files are intact
+        tmp.unlink()
+    if cfg.trainer.resume:
+        saved = saved_result_config(folder / "config.yaml")
+        if saved is not None and saved != result_config(cfg):
+            changed = sorted(k for k in RESULT_KEYS if saved.get(k) != result_config(cfg).get(k))
+            raise ConfigError(
+                f"{folder} holds a run with a different config ({', '.join(changed)}); "
+                f"use trainer.resume=false to start it over or experiment_name=... for a new folder"
+            )
+        done = read_json(summary_path)
+        if done and done.get("status") in FINISHED:
+            print(f"{folder}: already {done['status']}, nothing to do")
+            return done
+    else:
+        for stale in (summary_path, ckpt_path, folder / "metrics.jsonl"):
+            stale.unlink(missing_ok=True)
+    atomic_write_text(folder / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    summary_path.unlink(missing_ok=True)  # a failed summary from an earlier try is stale now
+    try:
+        summary = Trainer(cfg, folder).fit()
+    except (ConfigError, DataError, Interrupted):
+        raise
+    except Exception as e:  # a crash is a result of this run, not of the sweep
+        summary = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+        atomic_write_json(summary_path, base_summary(cfg) | summary)
+        raise
+    atomic_write_json(summary_path, summary)
+    return summary
+
+
+def base_summary(cfg: DictConfig) -> dict:
+    m = cfg.model
+    return {"format_version": FORMAT_VERSION, "experiment": cfg.experiment_name,
+            "run": folder_of(cfg).parent.name, "arch": m.arch, "depth": m.depth,
+            "shortcut": m.shortcut if m.arch == "resnet" else "none", "seed": cfg.seed,
+            "torch_version": torch.__version__, "git_commit": git_commit()}
+
+
+class Trainer:
+    def __init__(self, cfg: DictConfig, folder: Path):
+        self.cfg, self.folder = cfg, folder
+        self.dev: RunDevice = pick_device(cfg.trainer)
+        torch.manual_seed(cfg.seed)  # initialisation; data order and augmentation are seeded in DeviceBatches
+        m = cfg.model
+        self.model = build_model(m.arch, m.depth, m.shortcut if m.arch == "resnet" else "A", width=m.width)
+        self.params, self.macs = count_params(self.model), count_macs(self.model)
+        self.model.to(self.dev.device, memory_format=self.dev.memory_format)
+        self.data = load_data(cfg.data)
+        self.batches = DeviceBatches(self.data, self.dev.device, cfg.optim.batch_size, cfg.seed,
+                                     channels_last=self.dev.channels_last)
+        self.schedule = LrSchedule.from_config(cfg.optim, cfg.schedule, m.depth)
+        # Weight decay on every parameter (BN affine and biases too), as the paper's setups did.
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=self.schedule.lr_at(0), momentum=cfg.optim.momentum,
+                                   weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov,
+                                   **self.dev.sgd_kwargs)
+        self.step_fn = self.dev.maybe_compile(self._step)
+        self.iteration, self.elapsed, self.warmup_end = 0, 0.0, None
+        self.acc = {"loss": 0.0, "wrong": 0, "seen": 0, "warmup": False, "t": 0.0}
+        self.stop_signal = None
+
+    # -- one optimisation step ------------------------------------------------------------
+    def _step(self, x, y):
+        with self.dev.autocast():
+            logits = self.model(x)
+            loss = F.cross_entropy(logits.float(), y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return loss.detach(), (logits.argmax(1) != y).sum()
+
+    # -- checkpoint -------------------------------------------------------------------------
+    def save(self):
+        atomic_torch_save(self.folder / "last.pt", {
+            "format_version": FORMAT_VERSION, "iteration": self.iteration, "elapsed": self.elapsed,
+            "warmup_end": self.warmup_end, "acc": self.acc, "model": self.model.state_dict(),
+            "opt": self.opt.state_dict(), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        })
+
+    def load(self) -> bool:
+        path = self.folder / "last.pt"
+        if not (self.cfg.trainer.resume and path.exists()):
+            return False
+        try:
+            state = torch.load(path, map_location=self.dev.device, weights_only=False)
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["opt"])
+        except Exception as e:  # a truncated or corrupt checkpoint: retrain rather than crash
+            print(f"warning: {path} is unreadable ({type(e).__name__}); training this run from the start",
+                  file=sys.stderr)
+            path.unlink(missing_ok=True)
+            return False
+        self.iteration, self.elapsed = state["iteration"], state["elapsed"]
+        self.warmup_end, self.acc = state["warmup_end"], state["acc"]
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        return True
+
+    # -- the loop -----------------------------------------------------------------------------
+    def fit(self) -> dict:
+        cfg, tr = self.cfg, self.cfg.trainer
+        total = cfg.schedule.iterations
+        metrics_path = self.folder / "metrics.jsonl"
+        resumed = self.load()
+        # Lines past the checkpoint (written after it, before a kill) are recomputed, not duplicated.
+        rows = read_metrics(metrics_path, self.iteration if resumed else -1)
+        atomic_write_text(metrics_path, "".join(to_jsonl(r) for r in rows))
+        probe_at = self._probe_points(total)
+        progress = Progress(tr.progress, total, self.iteration, self.folder)
+        fixed_x, fixed_y = self.batches.fixed_train_batch(128) if tr.probes else (None, None)
+        warming = self.schedule.warmup and self.warmup_end is None
+        window = []  # recent (wrong, seen) during warm-up: the "running training error"
+        bad_at, first_bad = None, torch.tensor(-1, device=self.dev.device)  # checked without a sync per step
+        old = self._trap_signals()
+        try:
+            t0 = time.perf_counter()
+            while self.iteration < total:
+                it = self.iteration
+                lr = self.schedule.lr_at(it, warming)
+                if self.opt.param_groups[0]["lr"] != lr:
+                    for g in self.opt.param_groups:
+                        g["lr"] = lr
+                x, y = self.batches.train_batch(it)
+                loss, wrong = self.step_fn(x, y)
+                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), it + 1, first_bad)
+                self.acc["loss"] = self.acc["loss"] + loss * len(y)
+                self.acc["wrong"] = self.acc["wrong"] + wrong
+                self.acc["seen"] += len(y)
+                self.acc["warmup"] |= warming
+                self.iteration = it + 1
+                if warming:
+                    window = (window + [(wrong, len(y))])[-20:]
+                    if self.iteration % 10 == 0:
+                        err = 100.0 * float(sum(w for w, _ in window)) / sum(n for _, n in window)
+                        if self.schedule.warmup_should_end(self.iteration, err):
+                            warming, self.warmup_end = False, self.iteration
+                eval_now = self.iteration % tr.eval_every == 0 or self.iteration == total
+                if eval_now or self.iteration % 50 == 0 or self.stop_signal:
+                    if int(first_bad) >= 0:
+                        bad_at = int(first_bad)
+                        break
+                    progress.update(self.iteration, lr, self.acc)
+                if eval_now:
+                    self.elapsed += time.perf_counter() - t0
+                    row = self._eval_point(lr, probe_at, fixed_x, fixed_y)
+                    append_metrics(metrics_path, row)
+                    rows.append(row)
+                    progress.point(row)
+                    t0 = time.perf_counter()
+                if self.iteration % tr.ckpt_every == 0 or self.iteration == total or self.stop_signal:
+                    self.elapsed += time.perf_counter() - t0
+                    self.save()
+                    fault_point("after:checkpoint")
+                    t0 = time.perf_counter()
+                if self.stop_signal:
+                    raise Interrupted(f"stopped by {self.stop_signal} at iteration {self.iteration}; "
+                                      f"rerun the same command to resume from {self.folder / 'last.pt'}")
+        finally:
+            progress.close()
+            self._restore_signals(old)
+        return self._summary(rows, bad_at)
+
+    def _eval_point(self, lr, probe_at, fixed_x, fixed_y) -> dict:
+        acc, it = self.acc, self.iteration
+        seen = max(acc["seen"], 1)
+        row = {"format_version": FORMAT_VERSION, "iter": it,
+               "epoch": it * self.cfg.optim.batch_size / self.batches.train_size, "lr": lr,
+               "warmup": bool(acc["warmup"]), "train_loss": float(acc["loss"]) / seen,
+               "train_err": 100.0 * float(acc["wrong"]) / seen, "elapsed_s": round(self.elapsed, 3),
+               "images_per_s": round(seen / max(self.elapsed - acc["t"], 1e-9), 1)}
+        probe = self.cfg.trainer.probes and it in probe_at
+        row |= evaluate(self.model, self.batches, self.dev.autocast, self.cfg.trainer.eval_batch_size, probe)
+        if probe:
+            row["grad_norm"] = gradient_norms(self.model, fixed_x, fixed_y, self.dev.autocast)
+        self.acc = {"loss": 0.0, "wrong": 0, "seen": 0, "warmup": False, "t": self.elapsed}
+        return row
+
+    def _probe_points(self, total: int) -> set[int]:
+        """First and last evaluation points, and the first point at or after each lr drop."""
+        every = self.cfg.trainer.eval_every
+        points = sorted({min(i, total) for i in range(every, total + every, every)})
+        chosen = {points[0], points[-1]}
+        for m in self.schedule.milestones:
+            after = [p for p in points if p >= m]
+            if after:
+                chosen.add(after[0])
+        return chosen
+
+    def _summary(self, rows: list[dict], bad_at: int | None) -> dict:
+        cfg, last = self.cfg, rows[-1] if rows else {}
+        scored = [r for r in rows if "test_err" in r]
+        best = min(scored, key=lambda r: r["test_err"]) if scored else {}
+        return base_summary(cfg) | {
+            "status": "diverged" if bad_at is not None else "completed", "diverged_at": bad_at,
+            "data_source": self.data.source, "data_split": self.data.split, "eval_split": self.data.eval_split,
+            "train_size": self.batches.train_size, "eval_size": len(self.data.eval_labels),
+            "params": self.params, "macs": self.macs, "batch_size": cfg.optim.batch_size, "lr": cfg.optim.lr,
+            "milestones": list(self.schedule.milestones), "gamma": self.schedule.gamma,
+            "weight_decay": cfg.optim.weight_decay, "momentum": cfg.optim.momentum,
+            "warmup": self.schedule.warmup, "warmup_end_iter": self.warmup_end,
+            "iterations": cfg.schedule.iterations, "iterations_done": self.iteration,
+            "final_train_err": last.get("train_err"), "final_test_err": last.get("test_err"),
+            "final_train_loss": last.get("train_loss"), "final_test_loss": last.get("test_loss"),
+            "best_test_err": best.get("test_err"), "best_test_iter": best.get("iter"),
+            "wall_time_s": round(self.elapsed, 2),
+            "images_per_s": round(self.iteration * cfg.optim.batch_size / max(self.elapsed, 1e-9), 1),
+            "response_layers": [n for n, _ in response_layers(self.model)],
+        } | self.dev.describe()
+
+    # -- signals: a scheduler's SIGTERM or a Ctrl-C checkpoints and stops cleanly -----------------
+    def _trap_signals(self):
+        def handler(signum, _frame):
+            self.stop_signal = signal.Signals(signum).name
+        try:
+            return {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        except ValueError:  # not the main thread (e.g. some launchers): leave signals alone
+            return {}
+
+    @staticmethod
+    def _restore_signals(old):
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> dict | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        summary = run(cfg)
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        if in_sweep:
+            return {"status": "failed", "error": str(e)}
+        sys.exit(2)
+    except Interrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        sys.exit(143 if "SIGTERM" in str(e) else 130)
+    except Exception as e:
+        print(f"error: run {folder_of(cfg)} failed: {type(e).__name__}: {e}", file=sys.stderr)
+        if in_sweep:
+            return {"status": "failed", "error": str(e)}
+        raise
+    print(f"{folder_of(cfg)}: {summary.get('status')}"
+          + (f", final train/test error {summary['final_train_err']:.2f}% / {summary['final_test_err']:.2f}%"
+             if summary.get("final_test_err") is not None else ""))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

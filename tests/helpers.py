@@ -1,0 +1,41 @@
+"""Shared helpers: compose the suite's config in-process and read run folders."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["data=fake", "data.num_train=256", "data.num_eval=64", "model.depth=8", "optim.batch_size=32",
+        "schedule.iterations=30", "trainer.eval_every=10", "trainer.ckpt_every=10", "trainer.device=cpu",
+        "trainer.threads=1", "trainer.eval_batch_size=64"]
+TIMING = ("elapsed_s", "images_per_s")
+
+
+def tiny_cfg(results: Path, *overrides: str):
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        return compose("config", overrides=[*TINY, f"results_dir={results}", *overrides])
+
+
+def cli(*args: str, env: dict | None = None, module: str = "experiments.train", timeout: int = 300):
+    """Run a module as a user would, in the repo, with one thread."""
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def run_folder(results: Path, name: str = "resnet-8-A", seed: int = 0, exp: str = "single") -> Path:
+    return results / exp / "runs" / name / f"seed={seed}"
+
+
+def metrics(folder: Path, drop_timing: bool = True) -> list[dict]:
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not (drop_timing and k in TIMING)} for r in rows]
+
+
+def summary(folder: Path) -> dict:
+    return json.loads((folder / "summary.json").read_text())

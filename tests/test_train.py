@@ -1,0 +1,132 @@
+import json
+import os
+import signal
+
+import pytest
+
+from experiments import train as train_mod
+from experiments.checks import ConfigError
+from experiments.schedule import LrSchedule
+from helpers import TINY, cli, metrics, run_folder, summary, tiny_cfg
+
+ROW_FIELDS = {"format_version", "iter", "epoch", "lr", "warmup", "train_loss", "train_err", "test_loss",
+              "test_err", "elapsed_s", "images_per_s"}
+SUMMARY_FIELDS = {"status", "arch", "depth", "shortcut", "seed", "data_source", "data_split", "params", "macs",
+                  "iterations_done", "final_train_err", "final_test_err", "best_test_err", "best_test_iter",
+                  "wall_time_s", "images_per_s", "device_name", "torch_version", "git_commit", "precision"}
+
+
+def test_a_short_run_writes_the_contract_and_learns(tmp_path):
+    s = train_mod.run(tiny_cfg(tmp_path, "schedule.iterations=40", "optim.lr=0.05"))
+    folder = run_folder(tmp_path)
+    assert {p.name for p in folder.iterdir()} >= {"config.yaml", "metrics.jsonl", "summary.json", "last.pt"}
+    rows = metrics(folder, drop_timing=False)
+    assert [r["iter"] for r in rows] == [10, 20, 30, 40]
+    assert all(ROW_FIELDS <= set(r) for r in rows)
+    probed = [r["iter"] for r in rows if "response_std" in r]
+    assert probed == [10, 20, 30, 40]  # first, last, and the points at the lr drops (20, 30)
+    assert len(rows[0]["response_std"]) == len(rows[0]["grad_norm"]) == 7
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert SUMMARY_FIELDS <= set(s) and s == summary(folder)
+    assert s["status"] == "completed" and s["data_source"] == "fake" and s["params"] == 78_042 - 2_752
+    assert s["final_test_err"] == rows[-1]["test_err"]
+
+
+def test_same_seed_same_metrics_other_seed_differs(tmp_path):
+    for name in ("a", "b"):
+        train_mod.run(tiny_cfg(tmp_path / name))
+    train_mod.run(tiny_cfg(tmp_path / "c", "seed=1"))
+    a, b, c = (metrics(run_folder(tmp_path / n, seed=s)) for n, s in (("a", 0), ("b", 0), ("c", 1)))
+    assert a == b and a != c
+
+
+def test_sigkill_after_a_checkpoint_then_resume_gives_identical_metrics(tmp_path):
+    train_mod.run(tiny_cfg(tmp_path / "ref"))
+    args = [*TINY, f"results_dir={tmp_path / 'cut'}"]
+    killed = cli(*args, env={"SUITE_FAULT": "after:checkpoint:2"})
+    assert killed.returncode == -signal.SIGKILL
+    folder = run_folder(tmp_path / "cut")
+    assert not (folder / "summary.json").exists() and (folder / "last.pt").exists()
+    assert cli(*args).returncode == 0
+    assert metrics(folder) == metrics(run_folder(tmp_path / "ref"))
+    assert summary(folder)["iterations_done"] == 30
+
+
+def test_kill_mid_metrics_line_and_mid_checkpoint_write_resume_cleanly(tmp_path):
+    train_mod.run(tiny_cfg(tmp_path / "ref"))
+    for fault in ("append:metrics:2", "write:last.pt:2"):
+        args = [*TINY, f"results_dir={tmp_path / fault}"]
+        assert cli(*args, env={"SUITE_FAULT": fault}).returncode == -signal.SIGKILL
+        assert cli(*args).returncode == 0
+        folder = run_folder(tmp_path / fault)
+        assert metrics(folder) == metrics(run_folder(tmp_path / "ref")), fault
+        assert not list(folder.glob(".*.tmp"))
+
+
+def test_a_completed_run_returns_at_once_without_training(tmp_path, monkeypatch):
+    first = train_mod.run(tiny_cfg(tmp_path))
+    mtime = (run_folder(tmp_path) / "last.pt").stat().st_mtime_ns
+
+    def no_training(*_a, **_k):
+        raise AssertionError("a completed run must not train again")
+    monkeypatch.setattr(train_mod, "Trainer", no_training)
+    assert train_mod.run(tiny_cfg(tmp_path)) == first
+    assert (run_folder(tmp_path) / "last.pt").stat().st_mtime_ns == mtime
+
+
+def test_resume_false_starts_over_and_a_changed_config_is_refused(tmp_path):
+    train_mod.run(tiny_cfg(tmp_path))
+    with pytest.raises(ConfigError, match="schedule"):
+        train_mod.run(tiny_cfg(tmp_path, "schedule.iterations=20"))
+    s = train_mod.run(tiny_cfg(tmp_path, "schedule.iterations=20", "trainer.resume=false"))
+    assert s["iterations_done"] == 20 and len(metrics(run_folder(tmp_path))) == 2
+
+
+def test_paper_schedule_and_warmup():
+    from omegaconf import OmegaConf
+    optim = OmegaConf.create({"lr": 0.1})
+    sched = OmegaConf.create({"iterations": 64000, "milestones": None, "gamma": 0.1, "warmup": "auto",
+                              "warmup_lr": 0.01, "warmup_until_err": 80.0, "warmup_max_iters": 4000})
+    s = LrSchedule.from_config(optim, sched, depth=56)
+    assert [s.lr_at(i) for i in (0, 31999, 32000, 47999, 48000, 63999)] == [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
+    assert not s.warmup and LrSchedule.from_config(optim, sched, depth=110).warmup
+    w = LrSchedule.from_config(optim, sched, depth=110)
+    assert w.lr_at(0, warming_up=True) == 0.01 and w.lr_at(400) == 0.1
+    assert w.warmup_should_end(400, 79.9) and not w.warmup_should_end(400, 85.0)
+    assert w.warmup_should_end(4000, 90.0)  # never stuck at the warm-up lr
+
+
+def test_warmup_in_a_run_ends_and_returns_to_the_scheduled_lr(tmp_path):
+    s = train_mod.run(tiny_cfg(tmp_path, "schedule.warmup=true", "schedule.warmup_until_err=101",
+                               "schedule.milestones=[]"))
+    rows = metrics(run_folder(tmp_path))
+    assert s["warmup_end_iter"] == 10 and rows[0]["warmup"] and not rows[1]["warmup"]
+    assert rows[-1]["lr"] == 0.1
+
+
+def test_divergence_is_a_result_not_a_crash(tmp_path):
+    args = [*TINY, f"results_dir={tmp_path}", "optim.lr=1e6"]
+    proc = cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    s = summary(run_folder(tmp_path))
+    assert s["status"] == "diverged" and 1 <= s["diverged_at"] <= 30
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("model.depth=21", "nearest valid: 20 or 26"),
+    ("model.shortcut=D", "choose one of A, B, C"),
+    ("optim.lr=-0.1", "optim.lr must be a positive number"),
+    ("trainer.eval_every=0", "trainer.eval_every must be a positive integer"),
+    ("data.source=imagenet", "data"),
+])
+def test_bad_overrides_fail_before_anything_is_created(tmp_path, override, needle):
+    with pytest.raises(ConfigError, match=needle):
+        train_mod.run(tiny_cfg(tmp_path / "r", override))
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_bad_override_is_one_line_and_nonzero(tmp_path):
+    proc = cli(*TINY, f"results_dir={tmp_path}", "model.depth=21")
+    assert proc.returncode != 0 and not tmp_path.joinpath("single").exists()
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: model: depth 21"), proc.stderr
