@@ -136,7 +136,8 @@ def _distinct(values) -> str:
     counts = pd.Series(text, dtype=object).value_counts()
     if len(counts) == 1:
         return counts.index[0]
-    return "; ".join(f"{v} ({counts[v]} run{'s' * (counts[v] > 1)})" for v in sorted(counts.index))
+    return "; ".join(f"{v} ({counts[v]} run{'s' if counts[v] > 1 else ''})"
+                     for v in sorted(counts.index))
 
 
 def _config(results: Results, dotted: str, run_ids) -> list:

@@ -1,0 +1,312 @@
+"""analysis/: tables, figures and report from fabricated result trees in the contract format
+(README "Results on disk"). The training code is never imported: the analysis reads files.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import matplotlib.pyplot as plt
+import yaml
+from matplotlib.container import BarContainer, ErrorbarContainer
+
+from analysis import figures, findings, report, tables
+from analysis.collect import INCOMPLETE, ResultsError, collect
+
+EVAL_EVERY = 400
+MILESTONES = [1000, 1500]
+
+
+# ---------------------------------------------------------------- fabricated result trees
+
+def write_run(exp: Path, arch: str, depth: int, shortcut: str = "A", seed: int = 0, *,
+              train_err: float = 5.0, test_err: float = 10.0, status: str | None = "completed",
+              iterations: int = 2000, points: int | None = None, probes: bool = True,
+              data_source: str = "cifar10_folder", warmup: bool = False) -> Path:
+    """One run folder exactly as experiments/ writes it. The curves fall linearly from 90%
+    to the given final errors; the test error dips 0.3 below its final value one point
+    before the end, so best-over-training differs from the final (headline) number.
+    status=None writes no summary (a run still going); points limits the metrics lines."""
+    shortcut = "none" if arch == "plain" else shortcut
+    run_dir = exp / "runs" / f"{arch}-{depth}-{shortcut}" / f"seed={seed}"
+    run_dir.mkdir(parents=True)
+    config = {
+        "model": {"arch": arch, "depth": depth, "shortcut": shortcut, "width": 16},
+        "data": {"source": data_source, "root": "/data/cifar10-jpeg.tar.gz", "download": False,
+                 "split": "test", "train_subset": None, "normalize": "pixel_mean",
+                 "cache_dir": "data/cache"},
+        "optim": {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.0001, "batch_size": 128,
+                  "nesterov": False},
+        "schedule": {"iterations": iterations, "milestones": None, "gamma": 0.1,
+                     "warmup": "auto", "warmup_lr": 0.01, "warmup_until_err": 80.0,
+                     "warmup_max_iters": 4000},
+        "trainer": {"device": "auto", "precision": "bf16", "eval_every": EVAL_EVERY},
+        "experiment_name": exp.name, "results_dir": "results", "seed": seed}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    iters = list(range(EVAL_EVERY, iterations + 1, EVAL_EVERY))
+    layers = depth - 1  # every 3x3 conv: the stem and 6n in the stages
+    lines = []
+    for i, it in enumerate(iters[:points]):
+        frac = (i + 1) / len(iters)
+        lr = 0.01 if warmup and it <= EVAL_EVERY else 0.1 * 0.1 ** sum(it > m for m in MILESTONES)
+        test = test_err - 0.3 if i == len(iters) - 2 else 90 - (90 - test_err) * frac
+        line = {"format_version": 1, "iter": it, "epoch": it * 128 / 50000, "lr": lr,
+                "warmup": warmup and it <= EVAL_EVERY, "train_loss": 2.0 * (1 - frac) + 0.1,
+                "train_err": 90 - (90 - train_err) * frac, "test_loss": 2.0 * (1 - frac) + 0.3,
+                "test_err": test, "elapsed_s": 0.5 * it, "images_per_s": 2000.0}
+        if probes and i in (0, len(iters) - 1):
+            scale = 1.0 if arch == "plain" else 0.5
+            line["response_std"] = [scale * (1 + 0.01 * k + 0.001 * seed) for k in range(layers)]
+            line["grad_norm"] = [0.1 * (k + 1) / (depth if arch == "plain" else 10)
+                                 for k in range(layers)]
+        lines.append(line)
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    if status is None:
+        return run_dir
+    tests = [x["test_err"] for x in lines]
+    diverged = status == "diverged"
+    summary = {
+        "format_version": 1, "status": status, "experiment": exp.name,
+        "run": f"{arch}-{depth}-{shortcut}", "arch": arch, "depth": depth, "shortcut": shortcut,
+        "seed": seed, "data_source": data_source, "data_split": "test", "eval_split": "test",
+        "train_size": 50000, "eval_size": 10000, "params": 269722 + (depth - 20) * 16221,
+        "macs": 40_550_000 + (depth - 20) * 2_360_000, "batch_size": 128, "lr": 0.1,
+        "milestones": MILESTONES, "gamma": 0.1, "weight_decay": 0.0001, "momentum": 0.9,
+        "iterations": iterations, "iterations_done": lines[-1]["iter"],
+        "warmup_end_iter": EVAL_EVERY if warmup else None,
+        "diverged_at": lines[-1]["iter"] if diverged else None,
+        "final_train_err": 90.0 if diverged else train_err,
+        "final_test_err": 90.0 if diverged else test_err, "final_train_loss": 0.1,
+        "final_test_loss": 0.3, "best_test_err": min(tests),
+        "best_test_iter": lines[tests.index(min(tests))]["iter"], "wall_time_s": 1000.0,
+        "images_per_s": 2000.0, "device": "cuda", "device_name": "NVIDIA H100",
+        "precision": "bf16", "channels_last": True, "torch_version": "2.14.1",
+        "git_commit": "abc1234", "response_layers": [f"conv{k}" for k in range(layers)],
+        "error": "loss is NaN" if diverged else None}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return run_dir
+
+
+# Final (train, test) errors per seed 0, 1, 2: means and stds below are exact by design.
+KNOWN = {("plain", 20, "none"): [(5, 10), (6, 11), (7, 12)],      # train 6 ± 1, test 11 ± 1
+         ("plain", 56, "none"): [(9, 13), (10, 14), (11, 15)],    # train 10 ± 1, test 14 ± 1
+         ("resnet", 20, "A"): [(4, 8), (4.5, 8.5), (5, 9)],       # test 8.5 ± 0.5, paper 8.75
+         ("resnet", 56, "A"): [(2, 7), (2.5, 7.5), (3, 8)],       # test 7.5 ± 0.5, paper 6.97
+         ("resnet", 110, "A"): [(1, 6)],                           # n=1: std unknown; paper 6.61
+         ("resnet", 20, "B"): [(4, 8.2), (4, 8.2), (4, 8.2)],
+         ("resnet", 20, "C"): [(4, 8.1), (4, 8.1), (4, 8.1)]}
+
+
+def write_sweep(exp: Path) -> Path:
+    """A partial sweep: the KNOWN runs, plus resnet-32 with one run still going (no summary)
+    and one diverged; resnet-110 seeds 1-2 and resnet-32 seed 2 have no folder at all."""
+    for (arch, depth, shortcut), finals in KNOWN.items():
+        for seed, (train, test) in enumerate(finals):
+            write_run(exp, arch, depth, shortcut, seed, train_err=train, test_err=test,
+                      warmup=depth >= 110)
+    write_run(exp, "resnet", 32, "A", 0, status=None, points=2)
+    write_run(exp, "resnet", 32, "A", 1, status="diverged", points=3)
+    return exp
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    return write_sweep(tmp_path_factory.mktemp("results") / "quick")
+
+
+@pytest.fixture(scope="module")
+def built(sweep):
+    """The report of the partial sweep, written once and shared by the read-only tests."""
+    assert report.main(["--results", str(sweep)]) == 0
+    return sweep
+
+
+def labelled(ax) -> list:
+    """The data series of an axes: figure builders leave helper artists unlabelled."""
+    return [line for line in ax.get_lines() if not line.get_label().startswith("_")]
+
+
+# ---------------------------------------------------------------- tables: exact numbers
+
+def test_table6_holds_the_known_means_stds_and_paper_differences(sweep):
+    t6 = tables.table6(collect(sweep)).set_index(["arch", "depth"])
+    r20, r56, r110, r32 = (t6.loc[("resnet", d)] for d in (20, 56, 110, 32))
+    assert (r20["n"], r20["final_test_err_mean"], r20["final_test_err_std"]) == (3, 8.5, 0.5)
+    assert r20["paper_test_err"] == 8.75 and r20["diff_vs_paper"] == pytest.approx(-0.25)
+    assert r56["final_test_err_mean"] == 7.5 and r56["diff_vs_paper"] == pytest.approx(0.53)
+    # One seed: the std is unknown, not 0. ResNet-110 is compared with the paper's mean of 5.
+    assert r110["n"] == 1 and math.isnan(r110["final_test_err_std"])
+    assert (r110["paper_test_err"], r110["paper_compared_to"]) == (6.43, 6.61)
+    assert r110["diff_vs_paper"] == pytest.approx(-0.61) and r110["not_counted"] == "2 missing"
+    # The still-running and the diverged run are left out of the numbers, and said so.
+    assert r32["n"] == 0 and math.isnan(r32["final_test_err_mean"])
+    assert r32["not_counted"] == "1 diverged, 1 running/incomplete, 1 missing"
+    # Headline = final iteration; best over training (0.3 lower by construction) is an extra.
+    assert r20["best_over_training_test_err_mean"] == pytest.approx(8.2)
+    plain20 = t6.loc[("plain", 20)]
+    assert (plain20["final_test_err_mean"], plain20["final_test_err_std"]) == (11, 1)
+    assert math.isnan(plain20["paper_test_err"]) and math.isnan(plain20["diff_vs_paper"])
+    assert set(t6.reset_index()["shortcut"]) == {"none", "A"}  # B/C live in the A/B/C table
+    assert r20["params"] == 269722 and r20["paper_params_M"] == 0.27
+
+
+def test_degradation_table_pairs_and_verdict(sweep):
+    deg = tables.degradation(collect(sweep)).set_index("depth")
+    assert deg.loc[20, ["plain_train_err_mean", "plain_train_err_std", "plain_n"]].tolist() == [6, 1, 3]
+    assert deg.loc[56, ["resnet_train_err_mean", "resnet_test_err_mean"]].tolist() == [2.5, 7.5]
+    assert deg.loc[110, "plain_n"] == 0 and deg.loc[110, "resnet_n"] == 1
+    pairs = tables.depth_pairs(deg.reset_index())
+    assert pairs[["arch", "shallower", "deeper", "deeper_worse"]].values.tolist() == [
+        ["plain", 20, 56, True], ["resnet", 20, 56, False], ["resnet", 56, 110, False]]
+    assert pairs["penalty_points"].tolist() == pytest.approx([4.0, -2.0, -1.5])
+    v = tables.verdict(deg.reset_index())
+    assert v["status"] == "reproduced" and (v["shallow"], v["deep"]) == (20, 56)
+    assert (v["plain_penalty"], v["resnet_penalty"]) == pytest.approx((4.0, -2.0))
+
+
+def test_abc_table_has_every_option_with_plain_as_baseline(sweep):
+    abc = tables.abc(collect(sweep))
+    at20 = abc[abc["depth"] == 20]
+    assert at20["option"].tolist() == ["plain", "A", "B", "C"]
+    assert at20["final_test_err_mean"].tolist() == pytest.approx([11, 8.5, 8.2, 8.1])
+    assert at20["final_test_err_std"].tolist() == pytest.approx([1, 0.5, 0, 0])  # 3 equal seeds
+    assert at20["macs"].tolist() == [40_550_000] * 4
+
+
+# (plain 20 -> 56, resnet 20 -> 56) final training errors, expected verdict, words it must use
+VERDICTS = [((6, 10), (4, 3), "reproduced", "Residual nets (option A) did not"),
+            ((6, 10), (4, 5), "reproduced", "got worse too, but by less"),
+            ((6, 5), (4, 3), "not reproduced", "Plain nets did not get worse with depth"),
+            ((6, 8), (4, 7), "not reproduced", "is not smaller than the plain one")]
+
+
+@pytest.mark.parametrize("plain, resnet, expected, words", VERDICTS)
+def test_degradation_verdict_comes_from_the_data(tmp_path, plain, resnet, expected, words):
+    for arch, errs in (("plain", plain), ("resnet", resnet)):
+        for depth, err in zip((20, 56), errs):
+            write_run(tmp_path, arch, depth, train_err=err, probes=False, iterations=800)
+    results = collect(tmp_path)
+    v = tables.verdict(tables.degradation(results))
+    assert v["status"] == expected
+    text = " ".join(findings.degradation_sentences(v, "A"))
+    assert words in text and f"Degradation {expected}" in text
+    assert f"plain-56 ended at {plain[1]:.2f}% training error vs {plain[0]:.2f}% for plain-20" in text
+
+
+def test_verdict_is_undetermined_without_two_common_depths(tmp_path):
+    write_run(tmp_path, "plain", 20, probes=False, iterations=800)
+    write_run(tmp_path, "resnet", 56, probes=False, iterations=800)
+    assert tables.verdict(tables.degradation(collect(tmp_path)))["status"] == "undetermined"
+
+
+# ---------------------------------------------------------------- figures
+
+def test_figures_draw_one_series_per_net_and_run(sweep):
+    plots = {p.name: p for p in figures.build_all(collect(sweep))}
+    try:
+        plain, resnet = plots["curves"].figure.axes
+        # plain-20/56: mean train + test each; resnet A 20/32/56/110 likewise (32: the running
+        # seed), plus the diverged resnet-32 seed drawn alone (train + test).
+        assert len(labelled(plain)) == 4 and len(labelled(resnet)) == 10
+        assert "resnet-32-A/seed=1 diverged train_err" in [l.get_label() for l in labelled(resnet)]
+        assert "FAKE" not in plots["curves"].figure._suptitle.get_text()
+        for ax, kind in zip(plots["error_vs_depth"].figure.axes, ("train", "test")):
+            series = [c.get_label() for c in ax.containers if isinstance(c, ErrorbarContainer)
+                      and not c.get_label().startswith("_")]
+            assert series == [f"plain {kind}", f"resnet {kind}"]
+        (bars,) = plots["shortcut_options"].figure.axes
+        assert sum(isinstance(c, BarContainer) for c in bars.containers) == 4  # plain A B C
+        top, bottom = plots["responses"].figure.axes  # plain 20/56, resnet 20/56/110
+        assert len(labelled(top)) == len(labelled(bottom)) == 5
+        sorted_values = labelled(bottom)[0].get_ydata()
+        assert list(sorted_values) == sorted(sorted_values, reverse=True)
+        grad_plain, grad_resnet = plots["gradient_flow"].figure.axes
+        assert len(labelled(grad_plain)) == 2 and len(labelled(grad_resnet)) == 4
+        assert grad_plain.get_yscale() == "log"
+        (lr,) = plots["lr_schedule"].figure.axes
+        assert len(labelled(lr)) == 21 and lr.get_yscale() == "log"  # every run with points
+    finally:
+        plt.close("all")
+
+
+def test_every_figure_is_written_as_png_and_svg(built):
+    for name in FIGURES:
+        png, svg = built / "figures" / f"{name}.png", built / "figures" / f"{name}.svg"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+        assert b"<svg" in svg.read_bytes()[:2000] and svg.stat().st_size > 5000
+    assert {p.name for p in (built / "tables").iterdir()} == {
+        "inventory.csv", "table6.csv", "degradation.csv", "degradation_pairs.csv", "abc.csv"}
+
+
+def test_one_shortcut_option_skips_the_ablation_and_says_so(tmp_path):
+    write_run(tmp_path, "plain", 20, iterations=800)
+    write_run(tmp_path, "resnet", 20, iterations=800, data_source="fake")
+    assert report.main(["--results", str(tmp_path)]) == 0
+    text = (tmp_path / "report.md").read_text()
+    assert "Skipped: only option A present" in text
+    assert not (tmp_path / "figures" / "shortcut_options.png").exists()
+    # Fake data is said loudly, in the report and on every figure.
+    assert "FAKE DATA (tests only)" in text.splitlines()[2]
+    plots = figures.build_all(collect(tmp_path))
+    assert all("FAKE DATA" in p.figure._suptitle.get_text() for p in plots if p.figure)
+    plt.close("all")
+
+
+# ---------------------------------------------------------------- the report
+
+FIGURES = ("curves", "error_vs_depth", "shortcut_options", "responses", "gradient_flow",
+           "lr_schedule")
+
+
+def test_report_states_findings_computed_from_the_data(built):
+    md = (built / "report.md").read_text()
+    assert ("Plain nets got worse with depth: plain-56 ended at 10.00% training error vs 6.00% "
+            "for plain-20 (+4.00 points; 3 and 3 seeds).") in md
+    assert "ResNet-56 ended at 2.50% training error vs 4.50% for ResNet-20 (-2.00 points" in md
+    assert "Degradation reproduced" in md and "indicative only" in md
+    assert "ResNet-20 8.50% vs 8.75% (-0.25 points)" in md
+    assert "19 of 24 runs completed; 1 diverged, 3 missing, 1 running/incomplete" in md
+    for problem in ("resnet-32-A/seed=0: running/incomplete: last point iter 800",
+                    "resnet-32-A/seed=1: diverged at iter 1200; not counted",
+                    "resnet-110-A/seed=2: missing: no run folder"):
+        assert problem in md
+    assert "CIFAR-10 (image-folder copy)" in md and "/data/cifar10-jpeg.tar.gz" in md
+    assert "| precision | bf16 |" in md and "| lr milestones (iterations) | [1000, 1500] |" in md
+    for name in FIGURES:
+        assert f"(figures/{name}.png)" in md
+
+
+def test_report_html_is_self_contained(built):
+    page = (built / "report.html").read_text()
+    images = re.findall(r'<img [^>]*src="([^"]*)"', page)
+    assert len(images) == len(FIGURES) and all(s.startswith("data:image/png;base64,") for s in images)
+    assert not re.search(r'(?:src|href)="(?!data:)', page)  # nothing fetched from anywhere
+    assert "<script" not in page and "<style>" in page and "@import" not in page
+    assert "Degradation reproduced" in page
+
+
+def test_regenerating_the_report_changes_only_the_timestamp_line(built, monkeypatch):
+    def snapshot():
+        files = [built / "report.md", built / "report.html", *sorted((built / "tables").iterdir()),
+                 *sorted((built / "figures").iterdir())]
+        return {f.name: f.read_bytes() for f in files}
+
+    before = snapshot()
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "86400")  # a different generation time
+    assert report.main(["--results", str(built)]) == 0
+    after = snapshot()
+    assert before.keys() == after.keys()
+    for name in before:
+        if name.startswith("report."):
+            old, new = before[name].splitlines(), after[name].splitlines()
+            changed = [(a, b) for a, b in zip(old, new) if a != b]
+            assert len(old) == len(new) and len(changed) == 1, name
+            assert b"Generated 1970-01-02 00:00:00 UTC" in changed[0][1]
+        else:  # PNG, SVG and CSV: byte for byte
+            assert before[name] == after[name], name
