@@ -310,3 +310,117 @@ def test_regenerating_the_report_changes_only_the_timestamp_line(built, monkeypa
             assert b"Generated 1970-01-02 00:00:00 UTC" in changed[0][1]
         else:  # PNG, SVG and CSV: byte for byte
             assert before[name] == after[name], name
+
+
+# ---------------------------------------------------------------- partial and broken inputs
+
+def _tree(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
+
+
+@pytest.mark.parametrize("exp, runs_folder", [("x", True), ("reference/quick", False)])
+def test_no_runs_is_one_clear_line_and_nothing_written(tmp_path, capsys, monkeypatch, exp,
+                                                       runs_folder):
+    monkeypatch.chdir(tmp_path)
+    folder = Path("results") / exp
+    if runs_folder:
+        (folder / "runs").mkdir(parents=True)
+    before = _tree(tmp_path)
+    assert report.main(["--results", str(folder)]) != 0
+    err = capsys.readouterr().err
+    assert err == (f"error: no runs under results/{exp}/runs; run `make sweep EXP={exp}` "
+                   "first\n")
+    assert _tree(tmp_path) == before
+
+
+def test_corrupt_metrics_lines_are_reported_and_skipped(tmp_path, capsys):
+    run = write_run(tmp_path, "resnet", 20, iterations=2000)
+    metrics = run / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    lines.insert(2, '{"format_version": 1, "iter": 12')  # line 3: cut short
+    metrics.write_text("\n".join(lines + ['{"format_version": 1, "it']) + "\n")  # line 7
+    results = collect(tmp_path)
+    assert results.warnings == [
+        f"{metrics}: line 3: not valid JSON (Expecting ',' delimiter); line skipped",
+        f"{metrics}: line 7: not valid JSON (Unterminated string starting at); line skipped"]
+    assert results.runs.loc[0, "n_points"] == 5 and results.runs.loc[0, "status"] == "completed"
+    assert len(results.metrics) == 5
+    assert report.main(["--results", str(tmp_path)]) == 0
+    assert f"warning: {metrics}: line 3: not valid JSON" in capsys.readouterr().err
+    assert "warning: runs/resnet-20-A/seed=0/metrics.jsonl: line 7" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.parametrize("where", ["metrics", "summary"])
+def test_a_newer_format_version_stops_with_the_file_named(tmp_path, capsys, where):
+    write_run(tmp_path, "plain", 20, iterations=800)
+    run = write_run(tmp_path, "resnet", 20, iterations=800)
+    if where == "metrics":
+        path = run / "metrics.jsonl"
+        lines = path.read_text().splitlines()
+        lines[1] = lines[1].replace('"format_version": 1', '"format_version": 2')
+        path.write_text("\n".join(lines) + "\n")
+        expected = f"{path}: line 2 has format_version 2, newer than this analysis reads (1)"
+    else:
+        path = run / "summary.json"
+        path.write_text(path.read_text().replace('"format_version": 1', '"format_version": 2'))
+        expected = f"{path} has format_version 2, newer than this analysis reads (1)"
+    with pytest.raises(ResultsError, match=re.escape(expected)):
+        collect(tmp_path)
+    before = _tree(tmp_path)
+    assert report.main(["--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {expected}") and err.count("\n") == 1
+    assert _tree(tmp_path) == before
+
+
+def test_corrupt_failed_and_running_runs_are_listed_not_counted(tmp_path):
+    write_run(tmp_path, "plain", 20, seed=0, test_err=10, iterations=800)
+    write_run(tmp_path, "plain", 20, seed=1, test_err=20, iterations=800)
+    (write_run(tmp_path, "plain", 20, seed=2, iterations=800) / "summary.json").write_text("{trunc")
+    failed = write_run(tmp_path, "plain", 20, seed=3, iterations=800, points=1)
+    # What experiments/ writes when a run crashes: the base fields and the error only.
+    (failed / "summary.json").write_text(json.dumps({
+        "format_version": 1, "status": "failed", "experiment": "x", "run": "plain-20-none",
+        "arch": "plain", "depth": 20, "shortcut": "none", "seed": 3, "error": "RuntimeError: boom"}))
+    write_run(tmp_path, "plain", 20, seed=4, iterations=800, status=None, points=0)
+    results = collect(tmp_path)
+    assert results.runs["status"].tolist() == ["completed", "completed", "corrupt", "failed",
+                                               INCOMPLETE]
+    assert any("summary.json: unreadable" in w for w in results.warnings)
+    row = tables.table6(results).iloc[0]
+    assert (row["n"], row["final_test_err_mean"]) == (2, 15)
+    assert row["not_counted"] == "1 corrupt, 1 failed, 1 running/incomplete"
+    notes = tables.inventory(results).set_index("seed")["note"]
+    assert notes[3] == ("failed: last point iter 400, train err 47.50%, test err 9.70%; "
+                        "not counted (RuntimeError: boom)")
+    assert notes[4] == "running/incomplete: no evaluation point yet; not counted"
+    assert tables.inventory(results).set_index("seed").loc[3, "iterations_planned"] == 800
+
+
+def test_figures_only_writes_figures_and_nothing_else(tmp_path):
+    write_run(tmp_path, "plain", 20, iterations=800)
+    assert report.main(["--results", str(tmp_path), "--figures-only"]) == 0
+    assert not (tmp_path / "tables").exists() and not (tmp_path / "report.md").exists()
+    assert (tmp_path / "figures" / "curves.png").stat().st_size > 0
+
+
+# ---------------------------------------------------------------- in a real browser
+
+@pytest.mark.slow
+def test_report_renders_in_headless_chromium_without_console_errors(built, tmp_path):
+    browser = next(filter(None, map(shutil.which, ("chromium", "chromium-browser",
+                                                   "google-chrome", "chrome"))), None)
+    if browser is None:
+        pytest.skip("no chromium binary on PATH (apt-get install chromium to run this check)")
+    page = (built / "report.html").as_uri()
+    common = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+              "--enable-logging=stderr", "--v=0", f"--user-data-dir={tmp_path / 'profile'}"]
+    shot = tmp_path / "shot.png"
+    for args in (["--dump-dom", page], [f"--screenshot={shot}", "--window-size=1200,2400", page]):
+        run = subprocess.run(common + args, capture_output=True, text=True, timeout=120)
+        console = [line for line in run.stderr.splitlines() if ":CONSOLE" in line]
+        assert console == [], console  # a page with no scripts must log nothing
+        if "--dump-dom" in args:
+            assert run.stdout.count('src="data:image/png;base64,') == len(FIGURES)
+            assert "Degradation reproduced" in run.stdout
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10000
