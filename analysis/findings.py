@@ -88,7 +88,8 @@ def budget_sentence(results: Results) -> str:
     low, high = planned.min(), planned.max()
     span = f"{int(low):,}" if low == high else f"{int(low):,} to {int(high):,}"
     fraction = paper.budget_fraction(high)
-    text = (f"Runs planned {span} iterations, {fraction:.0%} of the paper's "
+    share = f"{fraction:.0%}" if fraction >= 0.1 else f"{100 * fraction:.2g}%"
+    text = (f"Runs planned {span} iterations, {share} of the paper's "
             f"{paper.PAPER_ITERATIONS:,}")
     if fraction < 0.5:
         return text + ": far below the paper's budget, so the comparison with the paper's " \
@@ -200,14 +201,18 @@ def recipe(results: Results) -> list[tuple[str, str]]:
 def data_source(results: Results) -> list[tuple[str, str]]:
     runs, ids = results.runs, list(results.runs["run_id"])
     label = style.data_label(runs)
+    # null in config.yaml means "no root" (fake data) and "no subset": say that, not "missing".
+    roots = ["none" if _missing(r) else r for r in runs["data_root"]]
+    subsets = ["none (all training images)" if _missing(s) else s
+               for s in _config(results, "data.train_subset", ids)]
     return [("source", f"{label} ({_distinct(runs['data_source'])})"),
-            ("data root (config.yaml data.root)", _distinct(runs["data_root"])),
+            ("data root (config.yaml data.root)", _distinct(roots)),
             ("split", _distinct([s if isinstance(s, str) else c for s, c in
                                  zip(runs["data_split"], _config(results, "data.split", ids))])),
             ("evaluation split", _distinct(runs["eval_split"])),
             ("training images", _distinct(runs["train_size"])),
             ("evaluation images", _distinct(runs["eval_size"])),
-            ("training subset", _distinct(_config(results, "data.train_subset", ids)))]
+            ("training subset", _distinct(subsets))]
 
 
 def software(results: Results) -> list[tuple[str, str]]:

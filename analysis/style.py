@@ -46,7 +46,8 @@ def style():
 def depth_colours(depths) -> dict[int, str]:
     """A colour per depth, the same in every figure of a report."""
     others = sorted(d for d in set(depths) if d not in PAPER_DEPTHS)
-    spare = PALETTE[len(PAPER_DEPTHS):] + sns.color_palette("dark", 10).as_hex()
+    # Spare colours skip the colorblind grey ("plain" elsewhere) and its pale yellow.
+    spare = [PALETTE[i] for i in (6, 9)] + sns.color_palette("dark", 10).as_hex()
     colours = {d: PALETTE[i] for i, d in enumerate(PAPER_DEPTHS)}
     colours.update({d: spare[i % len(spare)] for i, d in enumerate(others)})
     return colours
