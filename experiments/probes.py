@@ -19,8 +19,9 @@ def evaluate(model, batches, autocast, eval_batch_size: int, with_responses: boo
 
     def hook(i):
         def record(_m, _inp, out):
-            o = out.detach().double()
-            s = torch.stack([torch.tensor(o.numel(), dtype=torch.float64, device=o.device), o.sum(), (o * o).sum()])
+            o = out.detach().float()  # per-batch sums in fp32 (pairwise), accumulated in fp64
+            s = torch.stack([torch.tensor(float(o.numel()), dtype=torch.float64, device=o.device),
+                             o.sum().double(), o.square().sum().double()])
             sums[i] = s if sums[i] is None else sums[i] + s
         return record
 

@@ -60,9 +60,8 @@ def base_overrides(args) -> list[str]:
 
 
 def expand(args) -> list[list[str]]:
-    """Every run of the sweep as its list of overrides, in Hydra's order."""
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=base_overrides(args), return_hydra_config=True)
+    """Every run of the sweep as its list of overrides, in Hydra's order (call inside initialize)."""
+    cfg = compose("config", overrides=base_overrides(args), return_hydra_config=True)
     params = dict(OmegaConf.to_container(cfg.hydra.sweeper.params or {}, resolve=False))
     params["seed"] = ",".join(str(s) for s in range(args.seeds))
     parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
