@@ -244,7 +244,8 @@ def collect(root: Path | str) -> Results:
     if not run_dirs:
         raise ResultsError(f"no runs under {root / 'runs'}; run `make sweep "
                            f"EXP={experiment_name(root)}` first")
-    warnings: list[str] = []
+    warnings = [f"{d}: not a seed=<k> folder; ignored" for d in sorted((root / "runs").glob("*/*"))
+                if d.is_dir() and not SEED_DIR.match(d.name)]
     rows, metric_rows, probe_rows, configs = [], [], [], {}
     for run_dir in run_dirs:
         read = _read_run(run_dir, root, warnings)

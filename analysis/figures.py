@@ -95,6 +95,9 @@ def curves(results: Results, colours: dict) -> Plot:
 def error_vs_depth(results: Results, colours: dict) -> Plot:
     """The degradation in one picture: final training and test error against depth."""
     table, test = degradation(results), style.eval_name(results.runs)
+    if not (table["plain_n"].sum() or table["resnet_n"].sum()):
+        return Plot("error_vs_depth", "Final error against depth",
+                    "Skipped: no completed plain or residual run yet.")
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), sharex=True)
     for ax, kind, label in ((axes[0], "train", "final training error"),
                             (axes[1], "test", f"final {test} error")):
@@ -130,6 +133,9 @@ def shortcut_options(results: Results, colours: dict) -> Plot:
                     "ablation needs two or more shortcut options.")
     table = abc(results)
     table = table[table["n"] > 0]
+    if table.empty:
+        return Plot("shortcut_options", "Shortcut options A/B/C",
+                    "Skipped: no completed run of any shortcut option yet.")
     order = [o for o in ("plain", "A", "B", "C") if o in set(table["option"])]
     order += sorted(set(table["option"]) - set(order))
     depths = sorted(set(table["depth"]))

@@ -424,3 +424,29 @@ def test_report_renders_in_headless_chromium_without_console_errors(built, tmp_p
             assert run.stdout.count('src="data:image/png;base64,') == len(FIGURES)
             assert "Degradation reproduced" in run.stdout
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10000
+
+
+def _odd_sweep(root: Path, kind: str) -> None:
+    if kind == "plain only":
+        write_run(root, "plain", 20, iterations=800)
+        write_run(root, "plain", 32, iterations=800, probes=False)
+    elif kind == "no option A":  # one Fig. 6 panel per option instead
+        for shortcut in ("B", "C"):
+            write_run(root, "resnet", 20, shortcut, iterations=800)
+    elif kind == "nothing evaluated yet":
+        write_run(root, "resnet", 20, iterations=800, status=None, points=0)
+
+
+@pytest.mark.parametrize("kind", ["plain only", "no option A", "nothing evaluated yet"])
+def test_odd_sweeps_still_give_a_report(tmp_path, kind):
+    _odd_sweep(tmp_path, kind)
+    assert report.main(["--results", str(tmp_path)]) == 0
+    md = (tmp_path / "report.md").read_text()
+    assert "Degradation: undetermined" in md
+    if kind == "no option A":
+        plots = {p.name: p for p in figures.build_all(collect(tmp_path))}
+        assert [ax.get_title() for ax in plots["curves"].figure.axes] == [
+            "ResNet (option B)", "ResNet (option C)"]
+        plt.close("all")
+    if kind == "nothing evaluated yet":
+        assert "running/incomplete: no evaluation point yet" in md
