@@ -69,6 +69,8 @@ def degradation_sentences(v: dict, shortcut: str | None) -> list[str]:
     else:
         end = (f"Degradation not reproduced: the residual penalty ({points(r)}) is not smaller "
                f"than the plain one ({points(p)}).")
+    if min(*v["plain_n"], *v["resnet_n"]) == 1:
+        end += " Some of these nets have a single seed, so the spread between seeds is unknown."
     return [plain, resnet, end]
 
 

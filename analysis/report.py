@@ -163,10 +163,13 @@ def build_blocks(results: Results, all_tables: dict, plots, pngs: dict, stamp: s
 def _write_text(path: Path, text: str) -> None:
     """Atomic: a reader never sees half a report."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.chmod(tmp, default_mode())
-    with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    try:
+        os.chmod(tmp, default_mode())
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def write_figures(results: Results) -> tuple[list, dict]:

@@ -195,7 +195,7 @@ def test_degradation_verdict_comes_from_the_data(tmp_path, plain, resnet, expect
     v = tables.verdict(tables.degradation(results))
     assert v["status"] == expected
     text = " ".join(findings.degradation_sentences(v, "A"))
-    assert words in text and f"Degradation {expected}" in text
+    assert words in text and f"Degradation {expected}" in text and "single seed" in text
     assert f"plain-56 ended at {plain[1]:.2f}% training error vs {plain[0]:.2f}% for plain-20" in text
 
 
