@@ -10,9 +10,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pandas as pd
-import pytest
 import matplotlib.pyplot as plt
+import pytest
 import yaml
 from matplotlib.container import BarContainer, ErrorbarContainer
 
@@ -21,6 +20,8 @@ from analysis.collect import INCOMPLETE, ResultsError, collect
 
 EVAL_EVERY = 400
 MILESTONES = [1000, 1500]
+FIGURES = ("curves", "error_vs_depth", "shortcut_options", "responses", "gradient_flow",
+           "lr_schedule")
 
 
 # ---------------------------------------------------------------- fabricated result trees
@@ -259,10 +260,6 @@ def test_one_shortcut_option_skips_the_ablation_and_says_so(tmp_path):
 
 
 # ---------------------------------------------------------------- the report
-
-FIGURES = ("curves", "error_vs_depth", "shortcut_options", "responses", "gradient_flow",
-           "lr_schedule")
-
 
 def test_report_states_findings_computed_from_the_data(built):
     md = (built / "report.md").read_text()
