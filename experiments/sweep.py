@@ -21,13 +21,14 @@ from omegaconf import OmegaConf
 from experiments.checks import ConfigError, check_config
 from experiments.device import available_cores
 from experiments.models import build_model, count_macs
-from experiments.runfiles import read_json, run_dir
+from experiments.runfiles import FORMAT_VERSION, atomic_write_json, read_json, run_dir
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 LAUNCHERS = {"basic": "basic", "joblib": "joblib", "slurm": "slurm", "local": "local"}
 # Training images/s per GMAC of forward work, measured on this project's machines; used only when
 # results/bench/latest.json has no figure for the device (see `make bench`).
-FALLBACK_GMAC_IMAGES_PER_S = {"cpu": 1.3e3 / 40.55 * 0.041, "cuda": 25_000 * 0.125}
+# (ResNet-56 at 0.125 GMAC: ~450 img/s bf16 on 2 EPYC cores; the H100 target is 25k img/s.)
+FALLBACK_GMAC_IMAGES_PER_S = {"cpu": 450 * 0.125, "cuda": 25_000 * 0.125}
 
 
 class SweepError(Exception):
@@ -123,6 +124,15 @@ def print_plan(runs: list[PlannedRun], args) -> None:
           + (" (rough: run `make bench` to calibrate)" if not Path("results/bench/latest.json").exists() else ""))
 
 
+def write_plan(runs: list[PlannedRun], args) -> None:
+    """results/<exp>/plan.json: the runs this sweep asked for, so the analysis can name the
+    ones that are missing, not only the ones that failed."""
+    exp_dir = runs[0].folder.parents[2]
+    atomic_write_json(exp_dir / "plan.json", {
+        "format_version": FORMAT_VERSION, "experiment": args.exp, "seeds": args.seeds,
+        "runs": sorted(str(r.folder.relative_to(exp_dir)) for r in runs)})
+
+
 def launch(args) -> int:
     cmd = [sys.executable, "-m", "experiments.train", "--multirun", *base_overrides(args),
            f"seed={','.join(str(s) for s in range(args.seeds))}"]
@@ -183,6 +193,7 @@ def main(argv=None) -> int:
     print_plan(runs, args)
     if args.dry_run:
         return 0
+    write_plan(runs, args)
     rc = launch(args)
     code = report(runs)
     return code or (1 if rc else 0)

@@ -1,0 +1,101 @@
+import pytest
+from hydra import compose, initialize_config_dir
+
+from experiments import sweep
+from helpers import REPO, cli, metrics, run_folder, summary
+
+EXPECTED = {
+    "smoke": ["plain-8-none", "resnet-8-A"],
+    "quick": ["plain-20-none", "plain-56-none", "resnet-20-A", "resnet-56-A"],
+    "degradation": [f"{a}-{d}-{s}" for a, s in (("plain", "none"), ("resnet", "A")) for d in (20, 32, 44, 56, 110)],
+    "shortcuts": [f"{a}-{d}-{s}" for a, s in (("plain", "none"), ("resnet", "A"), ("resnet", "B"), ("resnet", "C"))
+                  for d in (20, 56, 110)],
+}
+
+
+def planned(exp: str, seeds: int = 1, *extra: str):
+    args = sweep.parse_args(["--exp", exp, "--seeds", str(seeds), "--results", "/nonexistent-results", *extra])
+    return sweep.plan(args)
+
+
+def test_every_experiment_file_is_covered_here():
+    assert sorted(EXPECTED) == sweep.experiments()
+
+
+@pytest.mark.parametrize("exp", sorted(EXPECTED))
+@pytest.mark.parametrize("seeds", [1, 3])
+def test_each_sweep_expands_to_exactly_its_runs(exp, seeds):
+    runs = planned(exp, seeds)
+    names = sorted((r.folder.parent.name, r.folder.name) for r in runs)
+    assert names == sorted((n, f"seed={s}") for n in EXPECTED[exp] for s in range(seeds))
+    assert all(r.status == "to do" for r in runs)
+
+
+def test_paper_experiments_use_the_paper_recipe():
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        for exp in ("degradation", "shortcuts"):
+            cfg = compose("config", overrides=[f"experiment={exp}"])
+            assert (cfg.schedule.iterations, cfg.optim.lr, cfg.optim.batch_size) == (64000, 0.1, 128)
+            assert (cfg.optim.weight_decay, cfg.optim.momentum, cfg.data.source) == (1e-4, 0.9, "cifar10")
+        quick = compose("config", overrides=["experiment=quick"])
+        assert quick.schedule.iterations == 2000 and quick.optim.batch_size == 128 and quick.data.train_subset is None
+
+
+def test_slurm_and_local_launchers_compose():
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        for launcher in ("slurm", "local"):
+            cfg = compose("config", overrides=["experiment=smoke", f"hydra/launcher={launcher}"],
+                          return_hydra_config=True)
+            assert "submitit" in cfg.hydra.launcher._target_
+        assert compose("config", overrides=["hydra/launcher=slurm"], return_hydra_config=True).hydra.launcher.gpus_per_node == 1
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--exp", "nope"], "no experiment 'nope'; choose one of"),
+    (["--seeds", "0"], "SEEDS must be at least 1"),
+    (["--launcher", "joblib", "--jobs", "999"], "JOBS=999 must be between 1 and"),
+    (["--launcher", "pbs"], "unknown LAUNCHER 'pbs'"),
+])
+def test_bad_sweep_requests_are_one_clear_line(argv, needle, capsys):
+    assert sweep.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0]
+
+
+def test_results_pointing_at_a_file_is_refused(tmp_path, capsys):
+    target = tmp_path / "file"
+    target.write_text("")
+    assert sweep.main(["--exp", "smoke", "--results", str(target), "--dry-run"]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def smoke(results, *extra, env=None):
+    return cli("--exp", "smoke", "--results", str(results), *extra, env=env, module="experiments.sweep")
+
+
+def test_smoke_sweep_killed_midway_completes_on_rerun_without_retraining(tmp_path):
+    ref = smoke(tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr
+    # Kill the second run after its second checkpoint: the first run is done, the second partial.
+    cut = smoke(tmp_path / "cut", env={"SUITE_FAULT": "after:checkpoint:6"})
+    assert cut.returncode != 0
+    first, second = (run_folder(tmp_path / "cut", n, exp="smoke") for n in ("plain-8-none", "resnet-8-A"))
+    assert summary(first)["status"] == "completed" and not (second / "summary.json").exists()
+    done_mtime = (first / "last.pt").stat().st_mtime_ns
+    plan = smoke(tmp_path / "cut", "--dry-run")
+    assert "completed" in plan.stdout and "partial" in plan.stdout
+    rerun = smoke(tmp_path / "cut")
+    assert rerun.returncode == 0, rerun.stderr
+    assert (first / "last.pt").stat().st_mtime_ns == done_mtime  # not trained again
+    for name in ("plain-8-none", "resnet-8-A"):
+        got, want = (metrics(run_folder(tmp_path / r, name, exp="smoke")) for r in ("cut", "ref"))
+        assert got == want, name
+
+
+def test_joblib_two_jobs_match_serial(tmp_path):
+    serial = smoke(tmp_path / "serial")
+    parallel = smoke(tmp_path / "parallel", "--launcher", "joblib", "--jobs", "2")
+    assert serial.returncode == 0 and parallel.returncode == 0, parallel.stderr
+    for name in EXPECTED["smoke"]:
+        got, want = (metrics(run_folder(tmp_path / r, name, exp="smoke")) for r in ("parallel", "serial"))
+        assert got == want, name
