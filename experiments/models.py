@@ -3,6 +3,18 @@
 Plain and residual nets are built from the same blocks; the only difference is whether a
 block adds a shortcut (Sec. 3.3 options A/B/C) before its final ReLU. So a plain net and a
 residual net with option A have exactly the same layers and parameters.
+
+Beyond the paper's CIFAR family (`plain`, `resnet`, depth 6n+2):
+- `preact`: the pre-activation residual net of He et al. 2016b ("Identity Mappings in Deep
+  Residual Networks") at any 6n+2 depth: BN-ReLU-conv, BN-ReLU-conv, a clean identity shortcut,
+  a final BN-ReLU before the pooling.
+- the ImageNet-style family `resnet18/34/50/101/152` (paper Table 1; BasicBlock or Bottleneck,
+  stride on the 3x3 conv as torchvision v1.5) and their plain twins `plain18 ... plain152`,
+  with a CIFAR stem (3x3 conv, stride 1, no max-pool) or `stem="imagenet"` (7x7/2 conv + BN +
+  ReLU + 3x3/2 max-pool). With 1000 classes and the ImageNet stem the parameter counts equal
+  torchvision's resnet18..152 exactly.
+Every net is named by a family kind ('plain' | 'resnet' | 'preact', see `arch_kind`), which is
+what run folders and the analysis group by.
 """
 from __future__ import annotations
 
@@ -10,9 +22,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ARCHS = ("plain", "resnet")
+CIFAR_ARCHS = ("plain", "resnet", "preact")  # depth 6n+2, base width 16
+# ImageNet-style nets (paper Table 1): name -> (block, blocks per stage). Depth = the name's number.
+ZOO = {
+    "resnet18": ("basic", (2, 2, 2, 2)), "resnet34": ("basic", (3, 4, 6, 3)),
+    "resnet50": ("bottleneck", (3, 4, 6, 3)), "resnet101": ("bottleneck", (3, 4, 23, 3)),
+    "resnet152": ("bottleneck", (3, 8, 36, 3)),
+}
+ZOO.update({"plain" + name[6:]: spec for name, spec in list(ZOO.items())})  # plain18 ... plain152
+ARCHS = CIFAR_ARCHS + tuple(ZOO)
 SHORTCUTS = ("A", "B", "C")
+STEMS = ("cifar", "imagenet")
 STAGE_WIDTHS = (1, 2, 4)  # 16, 32, 64 filters for the paper's base width of 16
+ZOO_WIDTHS = (64, 128, 256, 512)  # bottleneck widths; Bottleneck outputs 4x these
 
 
 def blocks_per_stage(depth: int) -> int:
@@ -110,40 +132,235 @@ class CifarNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
+def _he_init(model: nn.Module) -> None:
+    """He initialisation (paper ref. [13]), as torchvision does it."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class PreActBlock(nn.Module):
+    """He et al. 2016b: y = x' + conv(relu(bn(conv(relu(bn(x)))))), no ReLU after the addition.
+
+    The identity shortcut x' is left clean: x itself (option A: x subsampled and zero-padded).
+    A projection shortcut (B where the shape changes, C everywhere) is a 1x1 conv, without BN,
+    applied to the pre-activated input relu(bn1(x)), as the authors' code does."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, shortcut: str):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False)
+        reshapes = stride != 1 or in_ch != out_ch
+        self.projects = shortcut == "C" or (shortcut == "B" and reshapes)
+        self.shortcut = (nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False) if self.projects
+                         else make_shortcut("A", in_ch, out_ch, stride))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = F.relu(self.bn1(x))
+        out = self.conv2(F.relu(self.bn2(self.conv1(pre))))
+        return out + self.shortcut(pre if self.projects else x)
+
+
+class PreActCifarNet(nn.Module):
+    """The CIFAR net of Sec. 4.2 with pre-activation blocks: a bare 3x3 conv stem (the first
+    block's BN-ReLU follows it), 3n blocks at 16/32/64 filters, a final BN-ReLU, pool, FC.
+    With option A it has exactly the parameters of the original ResNet of the same depth."""
+
+    # The 'response' of a 3x3 layer (paper Fig. 7) is the conv's own output: no BN follows a conv
+    # here, and the second conv's output is exactly the residual function added to the stream.
+    response_is_conv_output = True
+
+    def __init__(self, n: int, shortcut: str, num_classes: int = 10, width: int = 16):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, 3, padding=1, bias=False)
+        stages, in_ch = [], width
+        for i, mult in enumerate(STAGE_WIDTHS):
+            blocks = []
+            for j in range(n):
+                blocks.append(PreActBlock(in_ch, width * mult, 2 if i > 0 and j == 0 else 1, shortcut))
+                in_ch = width * mult
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.bn_final = nn.BatchNorm2d(in_ch)
+        self.fc = nn.Linear(in_ch, num_classes)
+        _he_init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer3(self.layer2(self.layer1(self.conv1(x))))
+        x = F.relu(self.bn_final(x))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class Bottleneck(nn.Module):
+    """1x1 (reduce) - 3x3 - 1x1 (expand x4), conv-BN each, ReLU after the first two and after
+    the addition; the stride sits on the 3x3 conv (torchvision's "v1.5")."""
+
+    expansion = 4
+
+    def __init__(self, in_ch: int, planes: int, stride: int, shortcut: str | None):
+        super().__init__()
+        out_ch = planes * self.expansion
+        self.conv1 = nn.Conv2d(in_ch, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out_ch, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_ch)
+        self.shortcut = make_shortcut(shortcut, in_ch, out_ch, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.shortcut is not None:
+            out = out + self.shortcut(x)
+        return F.relu(out)
+
+
+class ImageNetStyleNet(nn.Module):
+    """Paper Table 1 (and torchvision's ResNet): a stem, four stages at 64/128/256/512 (x4 for
+    Bottleneck) with strides 1, 2, 2, 2, global pool, FC. `shortcut=None` is the plain twin."""
+
+    def __init__(self, block: str, layers: tuple[int, ...], shortcut: str | None, num_classes: int = 1000,
+                 stem: str = "cifar"):
+        super().__init__()
+        if stem == "imagenet":  # 7x7/2 conv, 3x3/2 max-pool: 224 -> 56
+            self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+            self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        else:  # CIFAR: 3x3/1 conv, no pooling, so 32x32 inputs keep 32/16/8/4 maps
+            self.conv1 = nn.Conv2d(3, 64, 3, padding=1, bias=False)
+            self.maxpool = nn.Identity()
+        self.bn1 = nn.BatchNorm2d(64)
+        make = BasicBlock if block == "basic" else Bottleneck
+        expansion = 1 if block == "basic" else Bottleneck.expansion
+        in_ch, stages = 64, []
+        for i, (planes, n) in enumerate(zip(ZOO_WIDTHS, layers)):
+            blocks = []
+            for j in range(n):
+                stride = 2 if i > 0 and j == 0 else 1
+                blocks.append(make(in_ch, planes, stride, shortcut))
+                in_ch = planes * expansion
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.fc = nn.Linear(in_ch, num_classes)
+        _he_init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def arch_kind(arch: str) -> str:
+    """The family a net belongs to, which names its run folder: 'plain', 'resnet' or 'preact'
+    (resnet34 -> 'resnet', plain50 -> 'plain'); an unknown name is returned unchanged."""
+    if arch in ZOO:
+        return "plain" if arch.startswith("plain") else "resnet"
+    return arch
+
+
+def zoo_depth(arch: str) -> int:
+    """Weighted layers of an ImageNet-style net: stem + 2 (basic) or 3 (bottleneck) per block + FC."""
+    block, layers = ZOO[arch]
+    return (2 if block == "basic" else 3) * sum(layers) + 2
+
+
+def default_shortcut(arch: str) -> str:
+    """A for the paper's CIFAR family (its choice there); B for the ImageNet-style nets
+    (projections where dimensions change, as torchvision and the paper's Bottleneck nets)."""
+    return "B" if arch in ZOO else "A"
+
+
+def model_name(arch: str, depth: int | None = None) -> str:
+    """'resnet34', 'plain50', and for the CIFAR family '<arch><depth>' ('resnet56', 'preact110')."""
+    return arch if arch in ZOO else f"{arch}{depth}"
+
+
+def block_name(arch: str) -> str:
+    return ZOO[arch][0] if arch in ZOO else "basic"
+
+
 def build_model(
-    arch: str, depth: int, shortcut: str = "A", num_classes: int = 10, width: int = 16
+    arch: str, depth: int | None = None, shortcut: str | None = None, num_classes: int = 10,
+    width: int = 16, stem: str = "cifar",
 ) -> nn.Module:
-    """A plain or residual CIFAR net of the paper; `shortcut` is ignored for plain nets."""
+    """A net by name. `arch` is 'plain' | 'resnet' | 'preact' (the CIFAR family, `depth` = 6n+2
+    required, `width` = filters of the first stage) or one of resnet18/34/50/101/152 and
+    plain18 ... plain152 (`depth` implied by the name: omit it or give the same number; `width`
+    is ignored). `shortcut` None means the family's default (`default_shortcut`); it is ignored
+    for plain nets. `stem` 'imagenet' (7x7/2 conv + 3x3/2 max-pool) exists for the
+    ImageNet-style nets only."""
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
-    if arch == "resnet" and shortcut not in SHORTCUTS:
+    kind = arch_kind(arch)
+    shortcut = default_shortcut(arch) if shortcut is None else shortcut
+    if kind != "plain" and shortcut not in SHORTCUTS:
         raise ValueError(f"unknown shortcut option {shortcut!r}; choose one of {', '.join(SHORTCUTS)}")
     if not isinstance(width, int) or width < 1 or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"width ({width!r}) and num_classes ({num_classes!r}) must be positive integers")
+    if stem not in STEMS:
+        raise ValueError(f"unknown stem {stem!r}; choose one of {', '.join(STEMS)}")
+    shortcut = None if kind == "plain" else shortcut
+    if arch in ZOO:
+        implied = zoo_depth(arch)
+        if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth != implied):
+            raise ValueError(f"{arch} has depth {implied}, got depth={depth!r}; omit depth or set it to {implied}")
+        block, layers = ZOO[arch]
+        return ImageNetStyleNet(block, layers, shortcut, num_classes, stem)
+    if stem != "cifar":
+        raise ValueError(f"stem {stem!r} exists for the ImageNet-style nets (resnet18 ...) only; "
+                         f"{arch} has the paper's CIFAR stem")
+    if depth is None:
+        raise ValueError(f"{arch} needs a depth of the form 6n+2 (20, 32, 44, 56, 110, ...)")
     n = blocks_per_stage(depth)
-    return CifarNet(n, shortcut if arch == "resnet" else None, num_classes, width)
+    if arch == "preact":
+        return PreActCifarNet(n, shortcut, num_classes, width)
+    return CifarNet(n, shortcut, num_classes, width)
+
+
+def build_from_config(model_cfg, **kwargs) -> nn.Module:
+    """The net a `model:` config group names (conf/model/*.yaml): arch, depth, shortcut
+    ('none' for plain nets), width and an optional stem (default cifar)."""
+    m = model_cfg
+    shortcut = None if arch_kind(m.arch) == "plain" else m.shortcut
+    return build_model(m.arch, m.depth, shortcut, width=m.width, stem=m.get("stem", "cifar"), **kwargs)
 
 
 def shortcut_name(arch: str, shortcut: str) -> str:
-    """How a run records its shortcut: the option for resnets, 'none' for plain nets."""
-    return shortcut if arch == "resnet" else "none"
-
-
-def response_layers(model: nn.Module) -> list[tuple[str, nn.BatchNorm2d]]:
-    """Every 3x3 conv's BN, in layer order: its output (before ReLU / addition) is what
-    paper Fig. 7 measures. Projection-shortcut BNs are excluded (they follow 1x1 convs)."""
-    return [
-        (name, m) for name, m in model.named_modules()
-        if isinstance(m, nn.BatchNorm2d) and ".shortcut" not in name
-    ]
+    """How a run records its shortcut: the option for residual nets, 'none' for plain nets."""
+    return "none" if arch_kind(arch) == "plain" else shortcut
 
 
 def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
-    """Every 3x3 conv in layer order, matching `response_layers` one to one."""
+    """Every 3x3 conv in layer order (the layers of paper Fig. 7; projection shortcuts, the
+    Bottleneck 1x1 convs and a 7x7 ImageNet stem are not 3x3), matching `response_layers`."""
     return [
         (name, m) for name, m in model.named_modules()
         if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)
     ]
+
+
+def response_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """One module per 3x3 conv, in layer order, whose output is that layer's response (what paper
+    Fig. 7 measures, with a forward hook). Post-activation nets (plain, resnet, the ImageNet-style
+    family): the BN right after each 3x3 conv (convK -> bnK in the same block), i.e. after BN,
+    before the ReLU / addition. Pre-activation nets (`preact`): no BN follows a conv, so the
+    response is the 3x3 conv's output itself; for a block's second conv that is the residual
+    function F(x) added to the identity path."""
+    convs = conv_layers(model)
+    if getattr(model, "response_is_conv_output", False):
+        return convs
+    out = []
+    for name, _ in convs:
+        parent, _, leaf = name.rpartition(".")
+        bn_name = (parent + "." if parent else "") + leaf.replace("conv", "bn")
+        out.append((bn_name, model.get_submodule(bn_name)))
+    return out
 
 
 def count_params(model: nn.Module) -> int:
