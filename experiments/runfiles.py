@@ -9,12 +9,17 @@ from pathlib import Path
 import torch
 
 from experiments.faults import fault_point
+from experiments.models import arch_kind
 
 FORMAT_VERSION = 1
 
 
 def run_name(arch: str, depth: int, shortcut: str) -> str:
-    return f"{arch}-{depth}-{shortcut if arch == 'resnet' else 'none'}"
+    """<kind>-<depth>-<shortcut>: the family kind (resnet34 -> resnet-34-B, plain34 -> plain-34-none,
+    preact -> preact-110-A). A CIFAR resnet and resnet50/152 of the same depth and option share
+    a name: keep them in different experiments (a resume with a different model is refused)."""
+    kind = arch_kind(arch)
+    return f"{kind}-{depth}-{'none' if kind == 'plain' else shortcut}"
 
 
 def run_dir(results_dir: str | Path, experiment: str, arch: str, depth: int, shortcut: str, seed: int) -> Path:
