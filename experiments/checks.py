@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from experiments.data import DataError, validate_data_config
-from experiments.models import build_model
+from experiments.models import build_from_config
 
 
 class ConfigError(ValueError):
@@ -29,9 +29,8 @@ def _positive_float(value, key: str) -> float:
 
 def check_model(model) -> None:
     try:
-        with torch.device("meta"):  # validates arch/depth/shortcut without allocating anything
-            build_model(model.arch, model.depth, "A" if model.arch == "plain" else model.shortcut,
-                        width=model.width)
+        with torch.device("meta"):  # validates arch/depth/shortcut/stem without allocating anything
+            build_from_config(model)
     except ValueError as e:
         raise ConfigError(f"model: {e}") from None
 
