@@ -20,7 +20,10 @@ from experiments.checks import ConfigError, check_config
 from experiments.data import DataError, DeviceBatches, load_data
 from experiments.device import RunDevice, pick_device
 from experiments.faults import fault_point
-from experiments.models import build_model, count_macs, count_params, response_layers
+from experiments.models import (
+    arch_kind, block_name, build_from_config, count_macs, count_params, model_name, response_layers,
+    shortcut_name,
+)
 from experiments.probes import evaluate, gradient_norms
 from experiments.progress import Progress
 from experiments.runfiles import (
@@ -117,8 +120,9 @@ def _run_locked(cfg: DictConfig, folder: Path) -> dict:
 def base_summary(cfg: DictConfig) -> dict:
     m = cfg.model
     return {"format_version": FORMAT_VERSION, "experiment": cfg.experiment_name,
-            "run": folder_of(cfg).parent.name, "arch": m.arch, "depth": m.depth,
-            "shortcut": m.shortcut if m.arch == "resnet" else "none", "seed": cfg.seed,
+            "run": folder_of(cfg).parent.name, "arch": arch_kind(m.arch), "depth": m.depth,
+            "shortcut": shortcut_name(m.arch, m.shortcut), "seed": cfg.seed,
+            "model_name": model_name(m.arch, m.depth), "block": block_name(m.arch), "stem": m.get("stem", "cifar"),
             "torch_version": torch.__version__, "git_commit": git_commit()}
 
 
@@ -128,7 +132,7 @@ class Trainer:
         self.dev: RunDevice = pick_device(cfg.trainer)
         torch.manual_seed(cfg.seed)  # initialisation; data order and augmentation are seeded in DeviceBatches
         m = cfg.model
-        self.model = build_model(m.arch, m.depth, m.shortcut if m.arch == "resnet" else "A", width=m.width)
+        self.model = build_from_config(m)
         self.params, self.macs = count_params(self.model), count_macs(self.model)
         self.model.to(self.dev.device, memory_format=self.dev.memory_format)
         self.data = load_data(cfg.data)
