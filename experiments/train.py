@@ -5,6 +5,7 @@ from its checkpoint, train with evaluation points, write summary.json last and a
 """
 from __future__ import annotations
 
+import shutil
 import signal
 import sys
 import time
@@ -75,6 +76,7 @@ def run(cfg: DictConfig) -> dict:
     """Train (or resume, or return) the run `cfg` names; returns its summary."""
     check_config(cfg)
     folder = folder_of(cfg)
+    created = next((p for p in reversed([folder, *folder.parents]) if not p.exists()), None)
     folder.mkdir(parents=True, exist_ok=True)
     try:
         with FileLock(folder / ".lock", timeout=0):
@@ -82,6 +84,22 @@ def run(cfg: DictConfig) -> dict:
     except Timeout:
         print(f"skipped {folder}: another process is training this run right now", file=sys.stderr)
         return {"status": "locked", "run_dir": str(folder)}
+    except (ConfigError, DataError):
+        if created is not None:  # a user error (e.g. bad images under data.root) leaves nothing behind
+            _remove_created(folder, created)
+        raise
+
+
+def _remove_created(folder: Path, created: Path) -> None:
+    """Delete the run folder this call made, then its parents up to `created` while they are empty."""
+    shutil.rmtree(folder, ignore_errors=True)
+    for parent in folder.parents:
+        if not parent.is_relative_to(created):
+            break
+        try:
+            parent.rmdir()
+        except OSError:  # another run lives there now
+            break
 
 
 def _run_locked(cfg: DictConfig, folder: Path) -> dict:
