@@ -10,6 +10,8 @@ EXPECTED = {
     "degradation": [f"{a}-{d}-{s}" for a, s in (("plain", "none"), ("resnet", "A")) for d in (20, 32, 44, 56, 110)],
     "shortcuts": [f"{a}-{d}-{s}" for a, s in (("plain", "none"), ("resnet", "A"), ("resnet", "B"), ("resnet", "C"))
                   for d in (20, 56, 110)],
+    "imagenet_style": ["plain-18-none", "plain-34-none", "resnet-18-B", "resnet-34-B"],
+    "preact": [f"{a}-{d}-A" for a in ("resnet", "preact") for d in (56, 110)],
 }
 
 
