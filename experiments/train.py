@@ -203,6 +203,7 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
+        print(f"{self.folder}: resuming from last.pt at iteration {self.iteration}", flush=True)
         return True
 
     # -- the loop -----------------------------------------------------------------------------
