@@ -21,10 +21,16 @@ import seaborn as sns  # noqa: E402
 # The paper's depths keep the same colour in every report; other depths take the rest.
 PALETTE = sns.color_palette("colorblind", 10).as_hex()
 PAPER_DEPTHS = (20, 32, 44, 56, 110, 1202)
-ARCH_COLOURS = {"plain": "#555555", "resnet": "#d55e00"}
+ARCH_COLOURS = {"plain": "#555555", "resnet": "#d55e00", "preact": "#56b4e9"}
 OPTION_COLOURS = {"plain": "#555555", "A": "#0173b2", "B": "#029e73", "C": "#cc78bc"}
-ARCH_MARKERS = {"plain": "s", "resnet": "o"}
-ARCH_LINESTYLES = {"plain": "--", "resnet": "-"}
+ARCH_MARKERS = {"plain": "s", "resnet": "o", "preact": "^"}
+ARCH_LINESTYLES = {"plain": "--", "resnet": "-", "preact": "-."}
+ARCH_NAMES = {"plain": "plain", "resnet": "ResNet", "preact": "pre-act ResNet"}  # He et al. 2016b
+
+
+def family_label(arch: str, shortcut: str) -> str:
+    """'plain', 'ResNet (option A)', 'pre-act ResNet (option A)': a panel or legend title."""
+    return "plain" if arch == "plain" else f"{ARCH_NAMES.get(arch, arch)} (option {shortcut})"
 
 SOURCE_LABELS = {"cifar10": "CIFAR-10",
                  # An image-folder copy may be any re-encoding (PNG, JPEG): say no more than that.
