@@ -115,6 +115,9 @@ def _run_locked(cfg: DictConfig, folder: Path) -> dict:
                 f"use trainer.resume=false to start it over or experiment_name=... for a new folder"
             )
         done = read_json(summary_path)
+        if done is None and summary_path.exists():
+            print(f"warning: {summary_path} is unreadable (truncated or corrupt); redoing the run from its "
+                  f"checkpoint, if any", file=sys.stderr)
         if done and done.get("status") in FINISHED:
             print(f"{folder}: already {done['status']}, nothing to do")
             return done
@@ -191,6 +194,11 @@ class Trainer:
             return False
         try:
             state = torch.load(path, map_location=self.dev.device, weights_only=False)
+            gap = self._metrics_gap(state["iteration"])
+            if gap:  # the curve before the checkpoint is damaged: only a fresh run can redo it exactly
+                print(f"warning: {gap}; training this run from the start", file=sys.stderr)
+                path.unlink(missing_ok=True)
+                return False
             self.model.load_state_dict(state["model"])
             self.opt.load_state_dict(state["opt"])
         except Exception as e:  # a truncated or corrupt checkpoint: retrain rather than crash
@@ -205,6 +213,16 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         print(f"{self.folder}: resuming from last.pt at iteration {self.iteration}", flush=True)
         return True
+
+    def _metrics_gap(self, upto: int) -> str | None:
+        """Why metrics.jsonl cannot be continued from a checkpoint at `upto`, or None when it can."""
+        path, every, total = self.folder / "metrics.jsonl", self.cfg.trainer.eval_every, self.cfg.schedule.iterations
+        want = list(range(every, upto + 1, every)) + ([upto] if upto == total and total % every else [])
+        have = [r["iter"] for r in read_metrics(path, upto)]
+        if have == want:
+            return None
+        return (f"{path} is truncated or corrupt: {len(have)} readable evaluation points up to the checkpoint "
+                f"at iteration {upto}, expected {len(want)}")
 
     # -- the loop -----------------------------------------------------------------------------
     def fit(self) -> dict:
