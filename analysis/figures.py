@@ -36,11 +36,13 @@ class Plot:
 
 def _panels(results: Results) -> list[tuple[str, str]]:
     """(arch, shortcut) families to compare: plain, and option A resnets (every option,
-    one panel each, only when a sweep has no option A)."""
+    one panel each, only when a sweep has no option A); pre-activation resnets the same way."""
     runs = results.runs
     panels = [("plain", "none")] if (runs["arch"] == "plain").any() else []
-    options = sorted(set(runs.loc[runs["arch"] == "resnet", "shortcut"]))
-    return panels + [("resnet", s) for s in (["A"] if "A" in options else options)]
+    for arch in ("resnet", "preact"):
+        options = sorted(set(runs.loc[runs["arch"] == arch, "shortcut"]))
+        panels += [(arch, s) for s in (["A"] if "A" in options else options)]
+    return panels
 
 
 def _family(df: pd.DataFrame, arch: str, shortcut: str) -> pd.DataFrame:
@@ -77,8 +79,8 @@ def curves(results: Results, colours: dict) -> Plot:
                         alpha=0.6, marker="x", markevery=[-1], label=f"{run_id} {status} {column}")
         for m in sorted(milestones):
             ax.axvline(m, color="#999999", lw=0.7, ls=":")
-        name = "plain" if arch == "plain" else f"ResNet (option {shortcut})"
-        ax.set(title=name, xlabel="iterations", ylabel="error (%)" if ax is axes[0][0] else "")
+        ax.set(title=style.family_label(arch, shortcut), xlabel="iterations",
+               ylabel="error (%)" if ax is axes[0][0] else "")
         _depth_legend(ax, colours, sorted(set(family["depth"])), [
             Line2D([], [], color="k", ls="--", label="train"),
             Line2D([], [], color="k", ls="-", label=test)])
@@ -181,7 +183,7 @@ def responses(results: Results, colours: dict) -> Plot:
                     "Skipped: no completed run recorded response_std.")
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7.5, 6))
     for (arch, shortcut, depth), group in means.groupby(["arch", "shortcut", "depth"]):
-        label = f"{arch}-{depth}" + (f"-{shortcut}" if arch == "resnet" else "")
+        label = f"{arch}-{depth}" + (f"-{shortcut}" if arch != "plain" else "")
         kw = dict(color=colours[depth], ls=style.ARCH_LINESTYLES[arch], lw=1.2,
                   marker=style.ARCH_MARKERS[arch], markersize=2.5)
         top.plot(group["layer"], group["value"], label=label, **kw)
@@ -196,7 +198,10 @@ def responses(results: Results, colours: dict) -> Plot:
     return Plot("responses", "Layer responses (paper Fig. 7)",
                 "Std of each 3x3 layer's BN output (before the ReLU / addition) on the "
                 f"evaluation split, at the last probe point (iteration {iters}), mean over "
-                "seeds of completed runs. Dashed squares: plain; solid circles: ResNet.", fig)
+                "seeds of completed runs. Dashed squares: plain; solid circles: ResNet"
+                + ("; dash-dot triangles: pre-activation ResNet, whose response is the 3x3 conv's "
+                   "own output (no BN follows a conv there)" if (means["arch"] == "preact").any() else "")
+                + ".", fig)
 
 
 def gradient_flow(results: Results, colours: dict) -> Plot:
@@ -213,7 +218,7 @@ def gradient_flow(results: Results, colours: dict) -> Plot:
             ax.plot(group["layer"], group["value"], color=colours[depth], lw=1.2,
                     marker=style.ARCH_MARKERS[arch], markersize=2.5, label=f"{arch}-{depth}")
         ax.set_yscale("log")
-        ax.set(title="plain" if arch == "plain" else f"ResNet (option {shortcut})",
+        ax.set(title=style.family_label(arch, shortcut),
                xlabel="3x3 layer index (input side first)", ylabel="gradient L2 norm")
         ax.legend(fontsize=7)
     style.title(fig, "Gradient norm per layer", results.runs)
