@@ -1,6 +1,7 @@
 """Where a run lives on disk and how its files are written (the results contract, README)."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -27,11 +28,31 @@ def run_dir(results_dir: str | Path, experiment: str, arch: str, depth: int, sho
     return Path(results_dir) / experiment / "runs" / run_name(arch, depth, shortcut) / f"seed={seed}"
 
 
+class WriteError(OSError):
+    """A results file could not be written (disk full, quota, file size limit, read-only disk);
+    str(e) is one line naming the file, the reason and the fix."""
+
+
+def _write_error(path: Path, e: BaseException) -> BaseException:
+    """`e` as a WriteError when an OSError is behind it (torch.save wraps them in RuntimeError)."""
+    cause = e
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None or isinstance(e, WriteError):
+        return e
+    what = f"{errno.errorcode.get(cause.errno, cause.errno)}: {cause.strerror}" if cause.errno else str(cause)
+    return WriteError(f"cannot write {path} ({what}); free disk space or point results_dir at another disk, "
+                      f"then rerun the same command to resume")
+
+
 def _atomic(path: Path, write) -> None:
     """Write to a temp file in the same folder, fsync, then os.replace: readers see the old
     file or the new one, never a half-written one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise _write_error(path, e) from e
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -39,9 +60,12 @@ def _atomic(path: Path, write) -> None:
             os.fsync(f.fileno())
         fault_point(f"write:{path.name}")  # killed here: the temp file exists, the target is untouched
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        raise
+        error = _write_error(path, e) if isinstance(e, (OSError, RuntimeError)) else e
+        if error is e:
+            raise
+        raise error from e
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -86,11 +110,14 @@ def to_jsonl(row: dict) -> str:
 
 
 def append_metrics(path: Path, row: dict) -> None:
-    with open(path, "a") as f:
-        line = to_jsonl(row)
-        f.write(line[: len(line) // 2])
-        f.flush()
-        fault_point("append:metrics")  # killed here: a half line, which readers must drop
-        f.write(line[len(line) // 2:])
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "a") as f:
+            line = to_jsonl(row)
+            f.write(line[: len(line) // 2])
+            f.flush()
+            fault_point("append:metrics")  # killed here: a half line, which readers must drop
+            f.write(line[len(line) // 2:])
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:  # a disk that filled mid-line leaves a half line, dropped like a killed one
+        raise _write_error(path, e) from e
