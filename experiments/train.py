@@ -29,7 +29,7 @@ from experiments.probes import evaluate, gradient_norms
 from experiments.progress import Progress
 from experiments.runfiles import (
     FORMAT_VERSION, append_metrics, atomic_torch_save, atomic_write_json, atomic_write_text,
-    read_json, read_metrics, run_dir, to_jsonl,
+    WriteError, read_json, read_metrics, run_dir, to_jsonl,
 )
 from experiments.schedule import LrSchedule
 
@@ -128,7 +128,7 @@ def _run_locked(cfg: DictConfig, folder: Path) -> dict:
     summary_path.unlink(missing_ok=True)  # a failed summary from an earlier try is stale now
     try:
         summary = Trainer(cfg, folder).fit()
-    except (ConfigError, DataError, Interrupted):
+    except (ConfigError, DataError, Interrupted, WriteError):  # not results: nothing to record
         raise
     except Exception as e:  # a crash is a result of this run, not of the sweep
         summary = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
@@ -365,6 +365,9 @@ def main(cfg: DictConfig) -> dict | None:
     except Interrupted as e:
         print(f"interrupted: {e}", file=sys.stderr)
         sys.exit(143 if "SIGTERM" in str(e) else 130)
+    except WriteError as e:  # a full disk fails every later run too: stop the sweep here
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     except Exception as e:
         print(f"error: run {folder_of(cfg)} failed: {type(e).__name__}: {e}", file=sys.stderr)
         if in_sweep:
