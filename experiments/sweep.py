@@ -7,12 +7,14 @@ Hydra's basic sweeper does (to print the plan with each run's status and cost), 
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from filelock import FileLock, Timeout
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -82,7 +84,7 @@ def plan(args) -> list[PlannedRun]:
             folder = run_dir(cfg.results_dir, cfg.experiment_name, m.arch, m.depth, m.shortcut, cfg.seed)
             summary = read_json(folder / "summary.json")
             status = summary["status"] if summary and summary.get("status") in ("completed", "diverged") else (
-                "partial" if (folder / "last.pt").exists() else "to do")
+                "training" if locked_elsewhere(folder) else "partial" if (folder / "last.pt").exists() else "to do")
             runs.append(PlannedRun(sweep_overrides, folder, status, cfg.schedule.iterations,
                                    cfg.schedule.iterations * cfg.optim.batch_size, _macs(m)))
     return runs
@@ -133,6 +135,18 @@ def write_plan(runs: list[PlannedRun], args) -> None:
         "runs": sorted(str(r.folder.relative_to(exp_dir)) for r in runs)})
 
 
+def locked_elsewhere(folder: Path) -> bool:
+    """True while another process holds the run's lock, i.e. is training it right now. The probe holds
+    the lock for microseconds; a trainer arriving meanwhile waits for it (train.LOCK_WAIT_S)."""
+    if not (folder / ".lock").exists():  # never create a lock file (or folders) just to look
+        return False
+    try:
+        with FileLock(folder / ".lock", timeout=0):
+            return False
+    except Timeout:
+        return True
+
+
 def launch(args) -> int:
     cmd = [sys.executable, "-m", "experiments.train", "--multirun", *base_overrides(args),
            f"seed={','.join(str(s) for s in range(args.seeds))}"]
@@ -141,20 +155,40 @@ def launch(args) -> int:
     if args.launcher == "joblib":
         cmd.append(f"hydra.launcher.n_jobs={args.jobs}")
     print("$ " + " ".join(cmd), flush=True)
-    return subprocess.run(cmd).returncode
+    child = subprocess.Popen(cmd)
+
+    def forward(signum, _frame):
+        # Ctrl-C reaches the whole process group, a scheduler's SIGTERM maybe only this process: either
+        # way the run in progress checkpoints and stops, and this driver waits for it instead of killing it.
+        if child.poll() is None:
+            child.send_signal(signum)
+    try:
+        old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: leave signals alone
+        old = {}
+    try:
+        return child.wait()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def report(runs: list[PlannedRun]) -> int:
     print(f"\n{'run':44s} {'status':10s} {'train err':>9s} {'test err':>9s} {'time':>8s}")
-    bad = 0
+    bad = elsewhere = 0
     for r in runs:
         s = read_json(r.folder / "summary.json") or {"status": "missing"}
         status = s.get("status", "corrupt")
-        bad += status not in ("completed", "diverged")
+        if status == "missing" and locked_elsewhere(r.folder):
+            status, elsewhere = "training", elsewhere + 1
+        bad += status not in ("completed", "diverged", "training")
         fmt = lambda v: f"{v:8.2f}%" if isinstance(v, (int, float)) else f"{'-':>9s}"  # noqa: E731
         wall = s.get("wall_time_s")
         print(f"{str(r.folder):44s} {status:10s} {fmt(s.get('final_train_err'))} {fmt(s.get('final_test_err'))} "
               f"{(f'{wall / 60:6.1f}m' if wall else '-'):>8s}")
+    if elsewhere:  # e.g. two sweeps started on one results folder: each run is trained once, by one of them
+        print(f"{elsewhere} run(s) are being trained by another process right now; rerun the same command "
+              f"after it finishes to see their results", file=sys.stderr)
     if bad:
         print(f"{bad} run(s) did not complete; rerun the same command to resume them", file=sys.stderr)
     return 1 if bad else 0
@@ -196,6 +230,10 @@ def main(argv=None) -> int:
     write_plan(runs, args)
     rc = launch(args)
     code = report(runs)
+    if rc in (130, 143, -signal.SIGINT, -signal.SIGTERM):
+        print(f"interrupted: the sweep stopped on {'SIGTERM' if rc in (143, -signal.SIGTERM) else 'SIGINT'}; "
+              f"rerun the same command to resume it", file=sys.stderr)
+        return 143 if rc in (143, -signal.SIGTERM) else 130
     return code or (1 if rc else 0)
 
 
