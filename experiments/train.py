@@ -38,6 +38,7 @@ from experiments.schedule import LrSchedule
 RESULT_KEYS = ("model", "optim", "schedule", "seed", "data.source", "data.split", "data.train_subset",
                "data.normalize", "trainer.eval_every", "trainer.probes", "trainer.precision")
 FINISHED = ("completed", "diverged")
+LOCK_WAIT_S = 2  # a run locked longer than this is being trained by another process: skip it
 
 
 class Interrupted(Exception):
@@ -79,7 +80,7 @@ def run(cfg: DictConfig) -> dict:
     created = next((p for p in reversed([folder, *folder.parents]) if not p.exists()), None)
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        with FileLock(folder / ".lock", timeout=0):
+        with FileLock(folder / ".lock", timeout=LOCK_WAIT_S):
             return _run_locked(cfg, folder)
     except Timeout:
         print(f"skipped {folder}: another process is training this run right now", file=sys.stderr)
