@@ -177,7 +177,9 @@ def report(runs: list[PlannedRun]) -> int:
     print(f"\n{'run':44s} {'status':10s} {'train err':>9s} {'test err':>9s} {'time':>8s}")
     bad = elsewhere = 0
     for r in runs:
-        s = read_json(r.folder / "summary.json") or {"status": "missing"}
+        s = read_json(r.folder / "summary.json") or {
+            "status": "corrupt" if (r.folder / "summary.json").exists()
+            else "partial" if (r.folder / "last.pt").exists() else "missing"}
         status = s.get("status", "corrupt")
         if status == "missing" and locked_elsewhere(r.folder):
             status, elsewhere = "training", elsewhere + 1
