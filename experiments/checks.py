@@ -91,7 +91,10 @@ def check_results_dir(results_dir: str, experiment: str) -> None:
     existing = path
     while not existing.exists():
         existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+    if not existing.is_dir():
+        raise ConfigError(f"results_dir {results_dir!r} lies inside {str(existing)!r}, which is a file, not a folder; "
+                          f"point RESULTS/results_dir at a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"results folder {str(existing)!r} is not writable; choose another with results_dir=... (RESULTS=...)")
 
 
