@@ -214,8 +214,10 @@ def parse_args(argv=None):
         raise SweepError(f"SEEDS must be at least 1, got {args.seeds}")
     if args.launcher not in LAUNCHERS:
         raise SweepError(f"unknown LAUNCHER {args.launcher!r}; choose one of {', '.join(LAUNCHERS)}")
-    if args.jobs < 1 or (args.launcher == "joblib" and args.jobs > available_cores()):
+    if args.jobs < 1 or (args.launcher != "slurm" and args.jobs > available_cores()):
         raise SweepError(f"JOBS={args.jobs} must be between 1 and this machine's {available_cores()} cores")
+    if args.jobs > 1 and args.launcher == "basic":
+        raise SweepError(f"JOBS={args.jobs} needs LAUNCHER=joblib: the basic launcher trains one run at a time")
     return args
 
 
