@@ -1,0 +1,342 @@
+"""`make bench`: training throughput of the suite vs a conventional PyTorch pipeline, on this device.
+
+    python -m experiments.bench [--models resnet-20,resnet-56,plain-56] [--precisions fp32,bf16]
+                                [--iters N] [--repeats R] [--depths 20,56,110] [--out results/bench/latest.json]
+
+Per model and precision, at batch 128, on the same model, data and device:
+  suite         experiments.train.Trainer's own step (RunDevice: channels_last, autocast, foreach/fused SGD)
+                and its loop's bookkeeping, fed by DeviceBatches (uint8 on the device, batched augmentation)
+  conventional  the usual recipe: a Dataset of PIL images, torchvision RandomCrop/Flip/ToTensor/Normalize,
+                DataLoader(2 workers), NCHW model, plain SGD, loss.item() every step
+  bound         the suite's step on one fixed batch already on the device: no data path at all
+The pipelines run in turn (suite, conventional, bound, suite, ...) after a warm-up; medians over repeats.
+`depth_scaling` times the suite loop on resnets of several depths: cost should be linear in depth.
+sweep.py's planner reads rows[*].{device, macs, suite_images_per_s} from the JSON: keep those names.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
+
+from experiments.data import channel_stats
+from experiments.device import available_cores, cpu_name, cpu_supports_bf16
+from experiments.models import blocks_per_stage, build_model
+from experiments.runfiles import atomic_write_json
+from experiments.train import Trainer, git_commit
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+BATCH = 128          # the paper's mini-batch (Sec. 4.2)
+WINDOW_S = 2.0       # --iters auto: aim each timed window at about this long
+SEED = 0
+
+
+def make_trainer(arch: str, depth: int, precision: str, device: str, threads: int, num_train: int,
+                 batch_size: int = BATCH) -> Trainer:
+    """A real Trainer on the fake source (same model, optimiser, step and data path as a run); it is never
+    fit(), so nothing is written to its folder."""
+    overrides = [f"model={arch}", f"model.depth={depth}", "data=fake", f"data.num_train={num_train}",
+                 "data.num_eval=100", f"optim.batch_size={batch_size}", f"trainer.device={device}",
+                 f"trainer.precision={precision}", f"trainer.threads={threads}", f"seed={SEED}"]
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    return Trainer(cfg, Path(tempfile.gettempdir()))
+
+
+class Suite:
+    """Trainer.fit's loop body minus evaluation points and checkpoints: lr lookup, the run's batch, the
+    step, the on-device loss/error sums and non-finite check; no sync per step (fit syncs every 50
+    iterations, as here). The ResNet-110 warm-up's running error (a sync per 10 steps) is left out."""
+
+    def __init__(self, tr: Trainer):
+        self.tr, self.first_bad = tr, torch.tensor(-1, device=tr.dev.device)
+
+    def steps(self, n: int) -> None:
+        tr = self.tr
+        for _ in range(n):
+            it = tr.iteration
+            lr = tr.schedule.lr_at(it)
+            if tr.opt.param_groups[0]["lr"] != lr:
+                for g in tr.opt.param_groups:
+                    g["lr"] = lr
+            x, y = tr.batches.train_batch(it)
+            loss, wrong = tr.step_fn(x, y)
+            self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(loss), it + 1, self.first_bad)
+            tr.acc["loss"] = tr.acc["loss"] + loss * len(y)
+            tr.acc["wrong"] = tr.acc["wrong"] + wrong
+            tr.acc["seen"] += len(y)
+            tr.iteration = it + 1
+            if tr.iteration % 50 == 0:
+                int(self.first_bad)
+
+
+class Bound:
+    """The suite's step on one fixed batch already on the device (augmented, in its layout): no data path."""
+
+    def __init__(self, tr: Trainer):
+        self.step_fn, (self.x, self.y) = tr.step_fn, tr.batches.train_batch(0)
+
+    def steps(self, n: int) -> None:
+        for _ in range(n):
+            self.step_fn(self.x, self.y)
+
+
+class PilImages(Dataset):
+    """What torchvision.datasets.CIFAR10 does: one uint8 HWC array, a PIL image per item."""
+
+    def __init__(self, images, labels, transform):
+        self.images, self.labels, self.transform = images.numpy(), labels.tolist(), transform
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.transform(Image.fromarray(self.images[i])), self.labels[i]
+
+
+class Conventional:
+    """The usual CIFAR recipe on the same images, model, device and hyperparameters."""
+
+    def __init__(self, tr: Trainer, workers: int):
+        self.device, self.precision = tr.dev.device, tr.dev.precision
+        mean, std = channel_stats(tr.data.train_images)  # per-channel, as torchvision recipes normalise
+        tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+                        T.Normalize(mean.tolist(), std.tolist())])
+        self.loader = DataLoader(PilImages(tr.data.train_images, tr.data.train_labels, tf), batch_size=BATCH,
+                                 shuffle=True, num_workers=workers, pin_memory=torch.cuda.is_available(),
+                                 drop_last=True, persistent_workers=workers > 0)
+        m, o = tr.cfg.model, tr.cfg.optim
+        torch.manual_seed(SEED)
+        self.model = build_model(m.arch, m.depth, m.shortcut if m.arch == "resnet" else "A",
+                                 width=m.width).to(self.device)  # NCHW, as built
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum,
+                                   weight_decay=o.weight_decay)  # no foreach/fused: the default
+        self.batches = self._forever()
+        self.running_loss, self.correct = 0.0, 0
+
+    def _forever(self):
+        while True:
+            yield from self.loader
+
+    def close(self) -> None:
+        # Close the generator first: left to the garbage collector, the suspended loader iterator's
+        # workers miss their shutdown message and each join waits out a 5 s timeout.
+        self.batches.close()
+        self.loader = None
+
+    def steps(self, n: int) -> None:
+        for _ in range(n):
+            x, y = next(self.batches)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+                out = self.model(x)
+                loss = F.cross_entropy(out, y)
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+            self.running_loss += loss.item()  # a sync every step, as the usual recipes do
+            self.correct += out.argmax(1).eq(y).sum().item()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def images_per_s(run, n: int, device: torch.device) -> float:
+    sync(device)
+    t0 = time.perf_counter()
+    run(n)
+    sync(device)
+    return n * BATCH / (time.perf_counter() - t0)
+
+
+# -- peak memory of the suite loop ----------------------------------------------------------------------
+def reset_peak(device: torch.device) -> str:
+    """Start a peak-memory window; returns how the peak is measured (stated in the JSON)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return "torch.cuda.max_memory_allocated during the suite's timed windows"
+    try:  # Linux >= 4.0: writing 5 resets the process's peak RSS (VmHWM) to its current RSS
+        Path("/proc/self/clear_refs").write_text("5")
+        return "peak RSS of the whole bench process (VmHWM) during the suite's timed windows"
+    except OSError:  # psutil would only give the current RSS, not a peak
+        return "peak RSS of the whole bench process since it started (ru_maxrss; no reset possible here)"
+
+
+def peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
+
+
+# -- one table row ----------------------------------------------------------------------------------------
+def bench_row(arch, depth, precision, args, suite_only=False) -> dict:
+    tr = make_trainer(arch, depth, precision, args.device, args.threads, args.num_train)
+    dev = tr.dev.device
+    runs = {"suite": Suite(tr).steps}
+    if not suite_only:
+        conv = Conventional(tr, args.workers)
+        runs |= {"conventional": conv.steps, "bound": Bound(tr).steps}
+    for run in runs.values():  # first steps build kernels/primitives and grow the allocator: untimed
+        run(args.warmup - 1)
+    rate = images_per_s(runs["suite"], 1, dev)  # the last warm-up step sizes the windows
+    iters = args.iters or min(50, max(3, math.ceil(WINDOW_S * rate / BATCH)))
+    for name, run in runs.items():
+        if name != "suite":
+            run(1)
+    rates, peak = {name: [] for name in runs}, 0.0
+    for _ in range(args.repeats):  # interleaved, so load changes hit every pipeline alike
+        for name, run in runs.items():
+            if name == "conventional":
+                run(1)  # the loader prefetched while the others ran: spend that head start untimed
+            if name == "suite":
+                method = reset_peak(dev)
+            rates[name].append(images_per_s(run, iters, dev))
+            if name == "suite":
+                peak = max(peak, peak_mb(dev))
+    med = {name: statistics.median(r) for name, r in rates.items()}
+    row = {"model": f"{arch}-{depth}", "arch": arch, "depth": depth, "macs": tr.macs, "precision": precision,
+           "device": dev.type, "suite_images_per_s": round(med["suite"], 1), "iters": iters,
+           "peak_mem_mb": round(peak, 1), "peak_mem_method": method}
+    if not suite_only:
+        row |= {"conventional_images_per_s": round(med["conventional"], 1),
+                "bound_images_per_s": round(med["bound"], 1),
+                "ratio": round(med["suite"] / med["conventional"], 3),
+                "overhead": round(1 - med["suite"] / med["bound"], 3)}
+        conv.close()  # stops the persistent workers before the next row
+    del tr, runs
+    gc.collect()
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def parse_model(name: str) -> tuple[str, int]:
+    arch, _, depth = name.partition("-")
+    if arch not in ("resnet", "plain") or not depth.isdigit():
+        raise ValueError(f"model {name!r} is not <resnet|plain>-<depth>, e.g. resnet-56")
+    blocks_per_stage(int(depth))  # depth must be 6n+2
+    return arch, int(depth)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__.split("\n\n")[0])
+    csv = lambda s: [x for x in s.split(",") if x]  # noqa: E731
+    p.add_argument("--models", type=csv, default=csv("resnet-20,resnet-56,plain-56"))
+    p.add_argument("--precisions", type=csv, default=csv("fp32,bf16"))
+    p.add_argument("--depths", type=lambda s: [int(x) for x in csv(s)], default=[20, 56, 110],
+                   help="resnet depths of the depth-scaling rows (suite loop only); empty to skip")
+    p.add_argument("--iters", type=int, default=0, help="timed steps per window; 0: about 2 s per window")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per pipeline before timing")
+    p.add_argument("--threads", type=int, default=available_cores(), help="compute threads (default: all cores)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the conventional pipeline")
+    p.add_argument("--num-train", type=int, default=10_000, help="fake training images (both pipelines)")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, ...")
+    p.add_argument("--out", type=Path, default=Path("results/bench/latest.json"))
+    args = p.parse_args(argv)
+    try:
+        args.models = [parse_model(m) for m in args.models]
+        for d in args.depths:
+            blocks_per_stage(d)
+    except ValueError as e:
+        p.error(str(e))
+    if bad := [x for x in args.precisions if x not in ("fp32", "bf16")]:
+        p.error(f"unknown precision {bad[0]!r}; choose fp32 and/or bf16")
+    if min(args.repeats, args.warmup, args.threads) < 1 or args.iters < 0 or args.workers < 0:
+        p.error("--repeats, --warmup and --threads must be >= 1; --iters and --workers >= 0")
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    try:
+        kind = torch.device(args.device).type
+    except RuntimeError:
+        p.error(f"--device {args.device!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
+    if (kind == "cuda" and not torch.cuda.is_available()) or (kind == "mps" and not torch.backends.mps.is_available()):
+        p.error(f"--device {args.device}: no such device here; use --device auto or cpu")
+    try:  # find out now, not after minutes of measuring
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=args.out.parent).close()
+    except OSError as e:
+        p.error(f"cannot write {args.out} ({e.strerror}); pass --out <path in a writable folder>")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    kind = torch.device(args.device).type
+    native_bf16 = torch.cuda.is_bf16_supported() if kind == "cuda" else kind == "cpu" and cpu_supports_bf16()
+    notes = []
+    precisions = args.precisions
+    if "bf16" in precisions and not native_bf16:
+        precisions = [p for p in precisions if p != "bf16"]
+        notes.append(f"bf16 rows skipped: no native bf16 on this {kind} (autocast would emulate it, slower)")
+    torch.set_num_threads(args.threads)
+    name = torch.cuda.get_device_name(args.device) if kind == "cuda" else "Apple MPS" if kind == "mps" else cpu_name()
+    print(f"bench on {kind} ({name}), {args.threads} threads, native bf16: {native_bf16}, torch {torch.__version__}")
+
+    rows = []
+    for arch, depth in args.models:
+        for precision in precisions:
+            rows.append(bench_row(arch, depth, precision, args))
+            r = rows[-1]
+            print(f"  {r['model']:>10s} {precision}: suite {r['suite_images_per_s']:7.1f} img/s, conventional "
+                  f"{r['conventional_images_per_s']:7.1f}, bound {r['bound_images_per_s']:7.1f}", flush=True)
+    scale_precision = "bf16" if native_bf16 else "fp32"
+    scaling = []
+    for depth in args.depths:  # reuse a row's suite number when it measured the same thing
+        r = next((r for r in rows if (r["arch"], r["depth"], r["precision"]) == ("resnet", depth, scale_precision)),
+                 None)
+        if r is None:
+            r = bench_row("resnet", depth, scale_precision, args, suite_only=True)
+            print(f"  {r['model']:>10s} {scale_precision}: suite {r['suite_images_per_s']:7.1f} img/s", flush=True)
+        scaling.append({k: r[k] for k in ("model", "depth", "macs", "precision", "suite_images_per_s")})
+
+    print(f"\n{'model':>10s} {'prec':>5s} {'MMAC':>6s} {'suite':>8s} {'conv.':>8s} {'bound':>8s} "
+          f"{'ratio':>6s} {'overhead':>8s} {'peak MB':>8s}   (images/s, batch {BATCH}, median of {args.repeats})")
+    for r in rows:
+        print(f"{r['model']:>10s} {r['precision']:>5s} {r['macs'] / 1e6:6.1f} {r['suite_images_per_s']:8.1f} "
+              f"{r['conventional_images_per_s']:8.1f} {r['bound_images_per_s']:8.1f} {r['ratio']:6.2f} "
+              f"{r['overhead']:8.1%} {r['peak_mem_mb']:8.0f}")
+    if scaling:  # linear cost in depth: images/s x depth and time per MAC stay about constant
+        print(f"\ndepth scaling (resnet, suite loop, {scale_precision}; a training step costs ~3 forward passes):")
+        for s in scaling:
+            print(f"  depth {s['depth']:4d}: {s['suite_images_per_s']:8.1f} img/s, img/s x depth "
+                  f"{s['suite_images_per_s'] * s['depth']:9.0f}, {1e12 / (s['suite_images_per_s'] * s['macs']):6.1f} "
+                  f"ps per forward MAC")
+    for n in notes:
+        print(f"note: {n}")
+
+    result = {"device": kind, "device_name": name, "torch_version": torch.__version__, "threads": args.threads,
+              "git_commit": git_commit(), "batch_size": BATCH, "native_bf16": native_bf16,
+              "workers": args.workers, "num_train": args.num_train, "repeats": args.repeats, "notes": notes,
+              "rows": rows, "depth_scaling": scaling}
+    atomic_write_json(args.out, result)
+    print(f"wrote {args.out}; total wall time {time.perf_counter() - start:.0f} s")
+    return result
+
+
+if __name__ == "__main__":
+    main()
