@@ -66,6 +66,10 @@ def expand(args) -> list[list[str]]:
     """Every run of the sweep as its list of overrides, in Hydra's order (call inside initialize)."""
     cfg = compose("config", overrides=base_overrides(args), return_hydra_config=True)
     params = dict(OmegaConf.to_container(cfg.hydra.sweeper.params or {}, resolve=False))
+    for override in args.overrides:  # as in Hydra, the command line wins over the experiment's params
+        key, _, value = override.partition("=")
+        if key in params:
+            params[key] = value
     params["seed"] = ",".join(str(s) for s in range(args.seeds))
     parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
     return BasicSweeper.split_arguments(parsed, None)[0]
