@@ -62,7 +62,7 @@ def folder_of(cfg: DictConfig) -> Path:
     return run_dir(cfg.results_dir, cfg.experiment_name, m.arch, m.depth, m.shortcut, cfg.seed)
 
 
-def git_commit() -> str | None:
+def _read_git_commit() -> str | None:
     head = Path(__file__).resolve().parents[1] / ".git"
     try:
         ref = (head / "HEAD").read_text().strip()
@@ -71,6 +71,13 @@ def git_commit() -> str | None:
         return ref
     except OSError:
         return None
+
+
+_LOADED_COMMIT = _read_git_commit()  # the code this process runs, even if HEAD moves during a long sweep
+
+
+def git_commit() -> str | None:
+    return _LOADED_COMMIT
 
 
 def run(cfg: DictConfig) -> dict:
