@@ -85,7 +85,11 @@ def run(cfg: DictConfig) -> dict:
     check_config(cfg)
     folder = folder_of(cfg)
     created = next((p for p in reversed([folder, *folder.parents]) if not p.exists()), None)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # e.g. a file where a folder of the path should be, a read-only disk
+        raise WriteError(f"cannot create the run folder {folder} ({e.strerror or e}); make results_dir a writable "
+                         f"folder (RESULTS=...) and remove what is in the way, then rerun") from None
     try:
         with FileLock(folder / ".lock", timeout=LOCK_WAIT_S):
             return _run_locked(cfg, folder)
