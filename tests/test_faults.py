@@ -1,0 +1,504 @@
+"""Fault campaign: nothing lost. SIGKILL anywhere in a sweep, SIGTERM/SIGINT, corrupt or truncated
+files, a full or blocked results disk, two sweeps on one folder. After every fault the rerun
+completes, no run is trained twice from scratch, and the final metrics equal an uninterrupted run's.
+
+The fast subset (default `pytest`) holds one or two cases of each kind; `-m slow` runs the rest.
+Kill points come from experiments/faults.py (SUITE_FAULT=<point>:<n>); in a basic-launcher sweep
+both runs share one process, so the n-th checkpoint of the sweep is run 1's for n <= 4.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from filelock import FileLock
+from hydra import compose, initialize_config_dir
+
+from experiments import sweep as sweep_mod
+from experiments import train as train_mod
+from analysis import report as report_mod
+from experiments.runfiles import WriteError, read_json
+from experiments.train import Interrupted
+from helpers import REPO, TINY, metrics, run_folder, summary, tiny_cfg
+
+SMOKE_RUNS = ("plain-8-none", "resnet-8-A")
+SMOKE_ITERS = (10, 20, 30, 40)
+# Timing, and the commit (other work may land between the reference and a rerun), are not results.
+NOT_RESULTS = ("wall_time_s", "images_per_s", "git_commit")
+
+
+def final(folder: Path) -> tuple[list[dict], dict]:
+    """What a run computed: metrics without timing, summary without timing."""
+    return metrics(folder), {k: v for k, v in summary(folder).items() if k not in NOT_RESULTS}
+
+
+def smoke_cfg(results: Path, model: str):
+    """One run of `make sweep EXP=smoke`, composed as the sweep's Hydra job composes it."""
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        return compose("config", overrides=["experiment=smoke", f"results_dir={results}", f"model={model}",
+                                            "model.depth=8", "seed=0"])
+
+
+@pytest.fixture(scope="module")
+def smoke_ref(tmp_path_factory) -> dict:
+    """The uninterrupted smoke sweep (in-process: the same numbers as the CLI, in half the time)."""
+    root = tmp_path_factory.mktemp("smoke-ref")
+    for model in ("plain", "resnet"):
+        train_mod.run(smoke_cfg(root, model))
+    return {name: final(run_folder(root, name, exp="smoke")) for name in SMOKE_RUNS}
+
+
+@pytest.fixture(scope="module")
+def tiny_ref(tmp_path_factory) -> tuple:
+    root = tmp_path_factory.mktemp("tiny-ref")
+    train_mod.run(tiny_cfg(root))
+    return final(run_folder(root))
+
+
+def sweep_cmd(results: Path) -> list[str]:
+    return [sys.executable, "-m", "experiments.sweep", "--exp", "smoke", "--results", str(results)]
+
+
+def run_sweep(results: Path, env: dict | None = None, kill_after: float | None = None):
+    """A smoke sweep as `make sweep` runs it; with kill_after, SIGKILL its whole process group then."""
+    proc = subprocess.Popen(sweep_cmd(results), cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=kill_after if kill_after is not None else 300)
+    except subprocess.TimeoutExpired:
+        if kill_after is None:
+            raise
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+    return proc.returncode, out, err
+
+
+def finish(proc: subprocess.Popen, head: list[str], timeout: int = 300) -> tuple[str, str]:
+    """The rest of a process's output after `head` was read line by line (communicate() would skip
+    what the line reader had buffered)."""
+    out = "".join(head) + proc.stdout.read()
+    err = proc.stderr.read()
+    proc.wait(timeout=timeout)
+    return out, err
+
+
+def run_state(results: Path) -> dict:
+    """Per run, before a rerun: ('done', last.pt mtime), ('ckpt', its iteration) or ('none', None).
+    A checkpoint left by a kill must always load: writes are atomic."""
+    state = {}
+    for name in SMOKE_RUNS:
+        folder = run_folder(results, name, exp="smoke")
+        done = read_json(folder / "summary.json")
+        if done and done.get("status") == "completed":
+            state[name] = ("done", (folder / "last.pt").stat().st_mtime_ns)
+        elif (folder / "last.pt").exists():
+            state[name] = ("ckpt", torch.load(folder / "last.pt", weights_only=False)["iteration"])
+        else:
+            state[name] = ("none", None)
+    return state
+
+
+def printed_iters(out: str, name: str) -> list[int]:
+    return [int(i) for i in re.findall(rf"^{re.escape(name)}/seed=0 iter (\d+) ", out, re.M)]
+
+
+def assert_rerun_resumed(results: Path, before: dict, out: str, ref: dict) -> None:
+    """Completed runs untouched, partial runs continued from their checkpoint, numbers exact."""
+    for name in SMOKE_RUNS:
+        folder = run_folder(results, name, exp="smoke")
+        kind, value = before[name]
+        if kind == "done":
+            assert (folder / "last.pt").stat().st_mtime_ns == value, f"{name} was trained again"
+            assert printed_iters(out, name) == []
+        elif kind == "ckpt":
+            assert f"{folder}: resuming from last.pt at iteration {value}" in out, out
+            assert printed_iters(out, name) == [i for i in SMOKE_ITERS if i > value], f"{name} retrained"
+        else:  # killed before its first checkpoint: a full run is the only way
+            assert printed_iters(out, name) == list(SMOKE_ITERS)
+        assert final(folder) == ref[name], name
+        assert not list(folder.glob(".*.tmp"))
+
+
+# ------------------------------------------------------------------------------------------ SIGKILL
+
+SLOW = pytest.mark.slow
+KILLS = [
+    pytest.param("write:last.pt:3", id="mid-checkpoint-write-run1", marks=SLOW),
+    pytest.param("write:summary.json:1", id="mid-summary-write-run1", marks=SLOW),
+    pytest.param("after:checkpoint:4", id="between-runs", marks=SLOW),
+    pytest.param("after:checkpoint:2", id="after-checkpoint-run1", marks=SLOW),
+    pytest.param("append:metrics:6", id="mid-metrics-line-run2", marks=SLOW),
+    pytest.param("write:last.pt:5", id="first-checkpoint-write-run2", marks=SLOW),
+    pytest.param("after:checkpoint:7", id="after-checkpoint-run2", marks=SLOW),
+    pytest.param("write:summary.json:2", id="last-summary-write", marks=SLOW),
+    pytest.param("write:metrics.jsonl:2", id="metrics-rewrite-run2", marks=SLOW),
+    pytest.param("write:config.yaml:2", id="config-write-run2", marks=SLOW),
+    pytest.param("write:plan.json:1", id="plan-write-before-launch", marks=SLOW),
+]
+KILL_DELAYS = sorted(round(random.Random(2016).uniform(1.0, 11.0), 2) for _ in range(4))
+
+
+@pytest.mark.parametrize("fault", KILLS)
+def test_sigkill_at_a_fault_point_then_the_rerun_resumes_exactly(fault, tmp_path, smoke_ref):
+    rc, out, err = run_sweep(tmp_path, env={"SUITE_FAULT": fault})
+    assert rc != 0, f"{fault} never fired\n{out}"
+    before = run_state(tmp_path)
+    rc, out, err = run_sweep(tmp_path)
+    assert rc == 0, err
+    assert_rerun_resumed(tmp_path, before, out, smoke_ref)
+
+
+def test_two_kills_in_a_row_then_the_rerun_resumes_exactly(tmp_path, smoke_ref):
+    """The fast subset's sweep trials: a kill mid-checkpoint write in run 1, then, in the rerun, a kill
+    in the sweep's very last write (run 2's summary), then a clean rerun."""
+    rc, out, err = run_sweep(tmp_path, env={"SUITE_FAULT": "write:last.pt:3"})
+    assert rc != 0 and run_state(tmp_path) == {"plain-8-none": ("ckpt", 20), "resnet-8-A": ("none", None)}
+    rc, out, err = run_sweep(tmp_path, env={"SUITE_FAULT": "write:summary.json:2"})
+    plain = run_folder(tmp_path, "plain-8-none", exp="smoke")
+    assert rc != 0 and f"{plain}: resuming from last.pt at iteration 20" in out
+    assert printed_iters(out, "plain-8-none") == [30, 40] and printed_iters(out, "resnet-8-A") == list(SMOKE_ITERS)
+    before = run_state(tmp_path)
+    assert before["plain-8-none"][0] == "done" and before["resnet-8-A"] == ("ckpt", 40)
+    rc, out, err = run_sweep(tmp_path)
+    assert rc == 0, err
+    assert_rerun_resumed(tmp_path, before, out, smoke_ref)
+
+
+@SLOW
+@pytest.mark.parametrize("delay", KILL_DELAYS)
+def test_sigkill_after_a_random_delay_then_the_rerun_resumes_exactly(delay, tmp_path, smoke_ref):
+    run_sweep(tmp_path, kill_after=delay)
+    before = run_state(tmp_path)
+    rc, out, err = run_sweep(tmp_path)
+    assert rc == 0, err
+    assert_rerun_resumed(tmp_path, before, out, smoke_ref)
+
+
+# ----------------------------------------------------------------------------------- SIGTERM / SIGINT
+
+def interrupt_during_eval(cfg, monkeypatch, at_eval: int = 2) -> str:
+    """Run in-process; SIGTERM arrives while the `at_eval`-th evaluation runs. Returns the message."""
+    real, calls = train_mod.evaluate, []
+
+    def evaluate_then_signal(*args, **kwargs):
+        calls.append(None)
+        if len(calls) == at_eval:
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN, None)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+    with monkeypatch.context() as m:
+        m.setattr(train_mod, "evaluate", evaluate_then_signal)
+        with pytest.raises(Interrupted) as stopped:
+            train_mod.run(cfg)
+    return str(stopped.value)
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), pytest.param(signal.SIGINT, 130, marks=SLOW)],
+                         ids=["SIGTERM", "SIGINT"])
+def test_a_signal_checkpoints_exits_promptly_and_the_rerun_resumes_exactly(sig, code, tmp_path, tiny_ref, capsys):
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.train", *TINY, f"results_dir={tmp_path}"], cwd=REPO,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if " iter 10 " in line:
+            proc.send_signal(sig)
+            sent = time.monotonic()
+            break
+    out, err = finish(proc, [line], timeout=60)
+    assert proc.returncode == code and time.monotonic() - sent < 10, err
+    folder = run_folder(tmp_path)
+    last = err.strip().splitlines()[-1]
+    m = re.fullmatch(rf"interrupted: stopped by {sig.name} at iteration (\d+); rerun the same command to resume "
+                     rf"from {re.escape(str(folder / 'last.pt'))}", last)
+    assert m, err
+    stopped_at = int(m[1])
+    assert not (folder / "summary.json").exists()
+    assert torch.load(folder / "last.pt", weights_only=False)["iteration"] == stopped_at
+    capsys.readouterr()
+    train_mod.run(tiny_cfg(tmp_path))
+    out = capsys.readouterr().out
+    assert f"resuming from last.pt at iteration {stopped_at}" in out and " iter 10 " not in out
+    assert final(folder) == tiny_ref
+
+
+def test_a_signal_during_evaluation_finishes_it_checkpoints_and_resumes_exactly(tmp_path, tiny_ref, monkeypatch,
+                                                                                capsys):
+    folder, handler = run_folder(tmp_path), signal.getsignal(signal.SIGTERM)
+    message = interrupt_during_eval(tiny_cfg(tmp_path), monkeypatch, at_eval=2)
+    assert message == (f"stopped by SIGTERM at iteration 20; rerun the same command to resume from "
+                       f"{folder / 'last.pt'}")
+    assert [r["iter"] for r in metrics(folder)] == [10, 20]  # the evaluation it interrupted was completed
+    assert torch.load(folder / "last.pt", weights_only=False)["iteration"] == 20
+    assert signal.getsignal(signal.SIGTERM) == handler  # the trainer's handler is gone again
+    capsys.readouterr()
+    train_mod.run(tiny_cfg(tmp_path))
+    assert "resuming from last.pt at iteration 20" in capsys.readouterr().out
+    assert final(folder) == tiny_ref
+
+
+@SLOW
+@pytest.mark.parametrize("sig,code,group", [(signal.SIGINT, 130, True), (signal.SIGTERM, 143, False)],
+                         ids=["ctrl-c-to-the-group", "sigterm-to-the-driver-only"])
+def test_a_signal_to_a_sweep_stops_it_cleanly_and_the_rerun_resumes(sig, code, group, tmp_path, smoke_ref):
+    proc = subprocess.Popen(sweep_cmd(tmp_path), cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("resnet-8-A/seed=0 iter 10 "):
+            os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
+            break
+    out, err = finish(proc, seen, timeout=120)
+    assert proc.returncode == code, err
+    assert err.strip().splitlines()[-1] == (f"interrupted: the sweep stopped on {sig.name}; rerun the same command "
+                                            f"to resume it")
+    assert re.search(r"resnet-8-A/seed=0\s+partial", out)
+    before = run_state(tmp_path)
+    assert before["plain-8-none"][0] == "done" and before["resnet-8-A"][0] == "ckpt"
+    rc, out, err = run_sweep(tmp_path)
+    assert rc == 0, err
+    assert_rerun_resumed(tmp_path, before, out, smoke_ref)
+
+
+# ------------------------------------------------------------------------------------- corrupt files
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _garbage(path: Path) -> None:
+    path.write_bytes(os.urandom(path.stat().st_size))
+
+
+@pytest.mark.parametrize("damage", [_truncate, pytest.param(_garbage, marks=SLOW)], ids=["truncated", "garbage"])
+def test_a_corrupt_checkpoint_is_named_and_the_run_retrained(damage, tmp_path, tiny_ref, monkeypatch, capsys):
+    interrupt_during_eval(tiny_cfg(tmp_path), monkeypatch, at_eval=2)
+    folder = run_folder(tmp_path)
+    damage(folder / "last.pt")
+    capsys.readouterr()
+    train_mod.run(tiny_cfg(tmp_path))
+    out, err = capsys.readouterr()
+    assert f"warning: {folder / 'last.pt'} is unreadable" in err and "training this run from the start" in err
+    assert "resuming" not in out and printed_iters(out, "resnet-8-A") == [10, 20, 30]
+    assert final(folder) == tiny_ref
+
+
+def test_a_corrupt_summary_is_named_and_redone_from_the_checkpoint_without_training(tmp_path, tiny_ref, capsys):
+    train_mod.run(tiny_cfg(tmp_path))
+    folder = run_folder(tmp_path)
+    _truncate(folder / "summary.json")
+    capsys.readouterr()
+    train_mod.run(tiny_cfg(tmp_path))
+    out, err = capsys.readouterr()
+    assert f"warning: {folder / 'summary.json'} is unreadable" in err
+    assert "resuming from last.pt at iteration 30" in out and printed_iters(out, "resnet-8-A") == []
+    assert final(folder) == tiny_ref
+
+
+def _drop_first_line(path: Path) -> None:
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("{not json\n" + "".join(lines[1:]))
+
+
+def _cut_last_line(path: Path) -> None:
+    text = path.read_text()
+    path.write_text(text[: len(text) - 40])
+
+
+@pytest.mark.parametrize("damage", [_drop_first_line, pytest.param(_cut_last_line, marks=SLOW),
+                                    pytest.param(Path.unlink, marks=SLOW)],
+                         ids=["corrupt-line", "truncated", "deleted"])
+def test_metrics_damaged_before_the_checkpoint_are_named_and_the_run_retrained(damage, tmp_path, tiny_ref,
+                                                                               monkeypatch, capsys):
+    interrupt_during_eval(tiny_cfg(tmp_path), monkeypatch, at_eval=2)  # checkpoint at 20, points 10 and 20
+    folder = run_folder(tmp_path)
+    damage(folder / "metrics.jsonl")
+    capsys.readouterr()
+    train_mod.run(tiny_cfg(tmp_path))
+    out, err = capsys.readouterr()
+    assert f"warning: {folder / 'metrics.jsonl'} is truncated or corrupt" in err, err
+    assert printed_iters(out, "resnet-8-A") == [10, 20, 30]
+    assert final(folder) == tiny_ref
+
+
+def _tree(root: Path) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    from experiments.data import CLASSES
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("test", 2)):
+        for name in CLASSES:
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / split / name / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("damage", [pytest.param(_truncate, marks=SLOW), "flip"], ids=["truncated", "flipped-byte"])
+def test_a_corrupt_data_cache_is_named_rebuilt_identically_and_the_run_completes(damage, tmp_path, caplog):
+    tree, cache = _tree(tmp_path / "pngs"), tmp_path / "cache"
+    base = [t for t in TINY if not t.startswith("data")]
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfgs = [compose("config", overrides=[*base, "data=cifar10_folder", f"data.root={tree}",
+                                             f"data.cache_dir={cache}", f"results_dir={tmp_path / 'r'}",
+                                             "optim.batch_size=16", f"seed={seed}"]) for seed in (0, 1)]
+    train_mod.run(cfgs[0])
+    [train_file] = cache.glob("cifar10_folder-train-*.pt")
+    good = torch.load(train_file, weights_only=True)
+    if damage == "flip":
+        raw = bytearray(train_file.read_bytes())
+        raw[len(raw) // 2] ^= 0xFF  # inside the pixels: only the stored checksum notices
+        train_file.write_bytes(bytes(raw))
+    else:
+        damage(train_file)
+    with caplog.at_level(logging.WARNING, logger="experiments.data"):
+        assert train_mod.run(cfgs[1])["status"] == "completed"
+    assert f"data cache {train_file} is corrupt" in caplog.text and "rebuilding it" in caplog.text
+    rebuilt = torch.load(train_file, weights_only=True)
+    assert all(torch.equal(rebuilt[k], good[k]) for k in ("images", "labels")) and rebuilt["digest"] == good["digest"]
+
+
+def test_analysis_lists_a_corrupt_summary_as_corrupt_and_keeps_its_numbers_out(tmp_path, capsys):
+    exp = tmp_path / "fx"
+    for model in ("plain", "resnet"):
+        train_mod.run(tiny_cfg(tmp_path, f"model={model}", "model.depth=8", "experiment_name=fx"))
+    resnet, plain = run_folder(tmp_path, "resnet-8-A", exp="fx"), run_folder(tmp_path, "plain-8-none", exp="fx")
+    _truncate(resnet / "summary.json")
+    _drop_first_line(plain / "metrics.jsonl")
+    capsys.readouterr()
+    assert report_mod.main(["--results", str(exp)]) == 0  # python -m analysis.report, in-process
+    err = capsys.readouterr().err
+    assert f"warning: {resnet / 'summary.json'}: unreadable" in err and "run listed as corrupt" in err
+    assert f"warning: {plain / 'metrics.jsonl'}: line 1: not valid JSON" in err
+    inventory = pd.read_csv(exp / "tables" / "inventory.csv").set_index("run")
+    assert inventory.loc["resnet-8-A", "status"] == "corrupt" and inventory.loc["plain-8-none", "status"] == "completed"
+    assert pd.isna(inventory.loc["resnet-8-A", "final_test_err"])
+    table6 = pd.read_csv(exp / "tables" / "table6.csv").set_index("arch")
+    assert table6.loc["resnet", "n"] == 0 and pd.isna(table6.loc["resnet", "final_test_err_mean"])
+    assert table6.loc["resnet", "not_counted"] == "1 corrupt"
+    assert table6.loc["plain", "n"] == 1 and pd.isna(table6.loc["plain", "not_counted"])  # nothing left out
+    report = (exp / "report.md").read_text()
+    assert "resnet-8-A/seed=0: corrupt" in report
+
+
+@SLOW
+def test_corrupt_files_in_a_sweep_never_stop_it(tmp_path, smoke_ref):
+    rc, out, err = run_sweep(tmp_path, env={"SUITE_FAULT": "after:checkpoint:6"})  # run 1 done, run 2 at 20
+    plain, resnet = (run_folder(tmp_path, n, exp="smoke") for n in SMOKE_RUNS)
+    _truncate(plain / "summary.json")
+    _garbage(resnet / "last.pt")
+    rc, out, err = run_sweep(tmp_path)
+    assert rc == 0, err
+    assert f"warning: {plain / 'summary.json'} is unreadable" in err
+    assert f"warning: {resnet / 'last.pt'} is unreadable" in err
+    assert f"{plain}: resuming from last.pt at iteration 40" in out and printed_iters(out, "plain-8-none") == []
+    assert printed_iters(out, "resnet-8-A") == list(SMOKE_ITERS)
+    for name, folder in zip(SMOKE_RUNS, (plain, resnet)):
+        assert final(folder) == smoke_ref[name]
+
+
+# -------------------------------------------------------------------------- full or blocked results disk
+
+def file_size_limit(limit: int):
+    """preexec_fn: writes past `limit` bytes fail with EFBIG (a disk that fills up), no SIGXFSZ kill."""
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+@pytest.mark.parametrize("limit,blocked", [(20_000, "last.pt"), pytest.param(300, "config.yaml", marks=SLOW)],
+                         ids=["fills-at-first-checkpoint", "fills-before-anything"])
+def test_a_full_disk_is_one_clear_error_leaves_nothing_trusted_and_a_rerun_completes(limit, blocked, tmp_path,
+                                                                                      tiny_ref):
+    proc = subprocess.run([sys.executable, "-m", "experiments.train", *TINY, f"results_dir={tmp_path}"], cwd=REPO,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=120,
+                          preexec_fn=file_size_limit(limit))
+    folder = run_folder(tmp_path)
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 1 and len(errors) == 1, proc.stderr
+    assert errors[0].startswith(f"error: cannot write {folder / blocked} (EFBIG: File too large); free disk space")
+    assert not (folder / "summary.json").exists() and not (folder / "last.pt").exists()
+    assert not list(folder.glob(".*.tmp"))
+    train_mod.run(tiny_cfg(tmp_path))  # the limit lifted
+    assert final(folder) == tiny_ref
+
+
+def test_a_file_where_the_run_folder_belongs_is_one_clear_error(tmp_path):
+    (tmp_path / "single" / "runs").mkdir(parents=True)
+    (tmp_path / "single" / "runs" / "resnet-8-A").write_text("in the way\n")
+    with pytest.raises(WriteError) as e:
+        train_mod.run(tiny_cfg(tmp_path))
+    assert str(e.value).startswith(f"cannot create the run folder {run_folder(tmp_path)} (Not a directory)")
+    assert "\n" not in str(e.value) and (tmp_path / "single" / "runs" / "resnet-8-A").read_text() == "in the way\n"
+
+
+@SLOW
+def test_a_disk_that_fills_during_a_sweep_stops_it_clearly_and_a_rerun_completes(tmp_path, smoke_ref):
+    proc = subprocess.run(sweep_cmd(tmp_path), cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=300, preexec_fn=file_size_limit(100_000))
+    first = run_folder(tmp_path, "plain-8-none", exp="smoke")
+    assert proc.returncode != 0
+    assert f"error: cannot write {first / 'last.pt'} (EFBIG: File too large)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not list(tmp_path.rglob("summary.json")) and not list(tmp_path.rglob("last.pt"))
+    rc, out, err = run_sweep(tmp_path)
+    assert rc == 0, err
+    for name in SMOKE_RUNS:
+        assert final(run_folder(tmp_path, name, exp="smoke")) == smoke_ref[name]
+
+
+# ------------------------------------------------------------------------------ two trainers, one folder
+
+def test_a_run_locked_by_another_process_is_skipped_and_reported_as_such(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(train_mod, "LOCK_WAIT_S", 0.2)
+    cfg = tiny_cfg(tmp_path)
+    folder = run_folder(tmp_path)
+    folder.mkdir(parents=True)
+    with FileLock(folder / ".lock"):  # another trainer holds this run
+        assert train_mod.run(cfg) == {"status": "locked", "run_dir": str(folder)}
+        err = capsys.readouterr().err
+        assert f"skipped {folder}: another process is training this run right now" in err
+        assert not (folder / "metrics.jsonl").exists()
+        planned = [sweep_mod.PlannedRun([], folder, "to do", 30, 960, 1)]
+        assert sweep_mod.report(planned) == 0
+        out, err = capsys.readouterr()
+        assert re.search(r"seed=0\s+training", out)
+        assert "1 run(s) are being trained by another process right now" in err and "failed" not in err
+
+
+@SLOW
+def test_two_sweeps_on_one_folder_train_each_run_exactly_once(tmp_path, smoke_ref):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen(sweep_cmd(tmp_path), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    head = []
+    for line in first.stdout:  # start the second while the first trains its first run
+        head.append(line)
+        if line.startswith("plain-8-none/seed=0 iter 10 "):
+            break
+    second = subprocess.Popen(sweep_cmd(tmp_path), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    out2, err2 = second.communicate(timeout=300)
+    out1, err1 = finish(first, head)
+    for rc, out, err in ((first.returncode, out1, err1), (second.returncode, out2, err2)):
+        assert rc == 0, err
+        if re.search(r"seed=0\s+training", out):  # finished while the other still trained a run
+            assert "being trained by another process" in err and "did not complete" not in err
+    for name in SMOKE_RUNS:
+        trained = [i for out in (out1, out2) for i in printed_iters(out, name)]
+        assert trained == list(SMOKE_ITERS), f"{name}: {trained}"  # every point once, across both sweeps
+        assert final(run_folder(tmp_path, name, exp="smoke")) == smoke_ref[name]
+    assert "another process is training this run" in err1 + err2
