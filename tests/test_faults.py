@@ -25,9 +25,9 @@ import torch
 from filelock import FileLock
 from hydra import compose, initialize_config_dir
 
+from analysis import report as report_mod
 from experiments import sweep as sweep_mod
 from experiments import train as train_mod
-from analysis import report as report_mod
 from experiments.runfiles import WriteError, read_json
 from experiments.train import Interrupted
 from helpers import REPO, TINY, metrics, run_folder, summary, tiny_cfg
@@ -146,7 +146,8 @@ KILLS = [
     pytest.param("write:config.yaml:2", id="config-write-run2", marks=SLOW),
     pytest.param("write:plan.json:1", id="plan-write-before-launch", marks=SLOW),
 ]
-KILL_DELAYS = sorted(round(random.Random(2016).uniform(1.0, 11.0), 2) for _ in range(4))
+_RNG = random.Random(2016)
+KILL_DELAYS = sorted(round(_RNG.uniform(0.5, 12.0), 2) for _ in range(5))  # seconds; a sweep takes ~12 s
 
 
 @pytest.mark.parametrize("fault", KILLS)
@@ -479,26 +480,49 @@ def test_a_run_locked_by_another_process_is_skipped_and_reported_as_such(tmp_pat
         assert "1 run(s) are being trained by another process right now" in err and "failed" not in err
 
 
+def assert_each_run_trained_once(outs: list[str], results: Path, ref: dict) -> None:
+    for name in SMOKE_RUNS:
+        trained = [i for out in outs for i in printed_iters(out, name)]
+        assert trained == list(SMOKE_ITERS), f"{name}: {trained}"  # every point once, across all sweeps
+        assert final(run_folder(results, name, exp="smoke")) == ref[name]
+
+
 @SLOW
-def test_two_sweeps_on_one_folder_train_each_run_exactly_once(tmp_path, smoke_ref):
+def test_two_sweeps_started_at_once_train_each_run_exactly_once(tmp_path, smoke_ref):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    first = subprocess.Popen(sweep_cmd(tmp_path), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
-    head = []
-    for line in first.stdout:  # start the second while the first trains its first run
-        head.append(line)
-        if line.startswith("plain-8-none/seed=0 iter 10 "):
-            break
-    second = subprocess.Popen(sweep_cmd(tmp_path), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
-    out2, err2 = second.communicate(timeout=300)
-    out1, err1 = finish(first, head)
-    for rc, out, err in ((first.returncode, out1, err1), (second.returncode, out2, err2)):
-        assert rc == 0, err
+    sweeps = [subprocess.Popen(sweep_cmd(tmp_path), cwd=REPO, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    done = [p.communicate(timeout=300) for p in sweeps]
+    for p, (out, err) in zip(sweeps, done):
+        assert p.returncode == 0, err
         if re.search(r"seed=0\s+training", out):  # finished while the other still trained a run
             assert "being trained by another process" in err and "did not complete" not in err
-    for name in SMOKE_RUNS:
-        trained = [i for out in (out1, out2) for i in printed_iters(out, name)]
-        assert trained == list(SMOKE_ITERS), f"{name}: {trained}"  # every point once, across both sweeps
-        assert final(run_folder(tmp_path, name, exp="smoke")) == smoke_ref[name]
-    assert "another process is training this run" in err1 + err2
+    assert_each_run_trained_once([out for out, _ in done], tmp_path, smoke_ref)
+
+
+@SLOW
+def test_a_sweep_that_finishes_while_another_trains_a_run_says_so_and_exits_0(tmp_path, smoke_ref):
+    """Deterministic interleaving: sweep A is frozen (SIGSTOP) while it holds plain's lock; sweep B
+    skips plain, trains resnet and ends; A then resumes, finishes plain and finds resnet done."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen(sweep_cmd(tmp_path), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True)
+    head = []
+    for line in first.stdout:
+        head.append(line)
+        if line.startswith("plain-8-none/seed=0 iter 10 "):
+            os.killpg(first.pid, signal.SIGSTOP)
+            break
+    try:
+        rc2, out2, err2 = run_sweep(tmp_path)
+    finally:
+        os.killpg(first.pid, signal.SIGCONT)
+    out1, err1 = finish(first, head)
+    plain = run_folder(tmp_path, "plain-8-none", exp="smoke")
+    assert rc2 == 0, err2
+    assert f"skipped {plain}: another process is training this run right now" in err2
+    assert re.search(r"plain-8-none/seed=0\s+training", out2)
+    assert "1 run(s) are being trained by another process right now" in err2 and "did not complete" not in err2
+    assert first.returncode == 0, err1
+    assert "resnet-8-A/seed=0: already completed, nothing to do" in out1
+    assert_each_run_trained_once([out1, out2], tmp_path, smoke_ref)
