@@ -293,6 +293,8 @@ class Trainer:
                     fault_point("after:checkpoint")
                     t0 = time.perf_counter()
                 if self.stop_signal:
+                    if self.stop_signal == "SIGUSR2" and callable(old.get(signal.SIGUSR2)):
+                        old[signal.SIGUSR2](signal.SIGUSR2, None)  # checkpoint saved: submitit requeues, exits
                     raise Interrupted(f"stopped by {self.stop_signal} at iteration {self.iteration}; "
                                       f"rerun the same command to resume from {self.folder / 'last.pt'}")
         finally:
@@ -351,8 +353,14 @@ class Trainer:
     def _trap_signals(self):
         def handler(signum, _frame):
             self.stop_signal = signal.Signals(signum).name
+        trapped = [signal.SIGTERM, signal.SIGINT]
+        usr2 = getattr(signal, "SIGUSR2", None)
+        if usr2 is not None and callable(signal.getsignal(usr2)):
+            # submitit's (LAUNCHER=slurm) warning before a time limit or preemption: checkpoint first, then
+            # hand it on to submitit, which requeues the job; the requeued job resumes from last.pt
+            trapped.append(usr2)
         try:
-            return {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+            return {s: signal.signal(s, handler) for s in trapped}
         except ValueError:  # not the main thread (e.g. some launchers): leave signals alone
             return {}
 
