@@ -248,6 +248,38 @@ def test_a_signal_during_evaluation_finishes_it_checkpoints_and_resumes_exactly(
     assert final(folder) == tiny_ref
 
 
+def test_slurm_time_limit_warning_checkpoints_before_submitit_requeues_the_job(tmp_path, tiny_ref, monkeypatch,
+                                                                               capsys):
+    """LAUNCHER=slurm: submitit turns SIGUSR2 (sent signal_delay_s before the time limit, or on preemption)
+    into `scontrol requeue` + exit. The trainer saves last.pt first, so the requeued job loses nothing."""
+    folder, seen = run_folder(tmp_path), []
+
+    def submitit_requeue(signum, frame):  # stands in for submitit's checkpoint_and_try_requeue
+        seen.append(torch.load(folder / "last.pt", weights_only=False)["iteration"])
+        sys.exit(-1)
+    real, calls = train_mod.evaluate, []
+
+    def evaluate_then_usr2(*args, **kwargs):
+        calls.append(None)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGUSR2)
+        return real(*args, **kwargs)
+    previous = signal.signal(signal.SIGUSR2, submitit_requeue)
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(train_mod, "evaluate", evaluate_then_usr2)
+            with pytest.raises(SystemExit):
+                train_mod.run(tiny_cfg(tmp_path))
+        assert signal.getsignal(signal.SIGUSR2) is submitit_requeue  # handed back after the run
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert seen == [20] and not (folder / "summary.json").exists()  # checkpointed before the requeue
+    capsys.readouterr()
+    train_mod.run(tiny_cfg(tmp_path))  # what the requeued job does
+    assert "resuming from last.pt at iteration 20" in capsys.readouterr().out
+    assert final(folder) == tiny_ref
+
+
 @SLOW
 @pytest.mark.parametrize("sig,code,group", [(signal.SIGINT, 130, True), (signal.SIGTERM, 143, False)],
                          ids=["ctrl-c-to-the-group", "sigterm-to-the-driver-only"])
