@@ -62,7 +62,17 @@ def depth_colours(depths) -> dict[int, str]:
 def data_label(runs: pd.DataFrame) -> str:
     """What the networks were trained on, in words, for titles and the report."""
     sources = sorted({str(s) for s in runs["data_source"].dropna()}) or ["not recorded"]
-    return " + ".join(SOURCE_LABELS.get(s, s) for s in sources)
+    return " + ".join(_folder_label(runs) if s == "cifar10_folder" else SOURCE_LABELS.get(s, s) for s in sources)
+
+
+def _folder_label(runs: pd.DataFrame) -> str:
+    """A JPEG re-encoding is lossy and must be named as such (shared/data/README.md); the recorded
+    data root is the only provenance a run folder holds, so a root named *jpeg*/*jpg* says it."""
+    roots = runs["data_root"].dropna() if "data_root" in runs else []
+    names = {Path(str(r)).name.lower() for r in roots}
+    if names and all("jpeg" in n or "jpg" in n for n in names):
+        return "CIFAR-10 (JPEG copy)"
+    return SOURCE_LABELS["cifar10_folder"]
 
 
 def is_fake(runs: pd.DataFrame) -> bool:

@@ -45,6 +45,16 @@ def _write_error(path: Path, e: BaseException) -> BaseException:
                       f"then rerun the same command to resume")
 
 
+def _plain_mode() -> int:
+    """The permissions a plain open() would give under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_PLAIN_MODE = _plain_mode()
+
+
 def _atomic(path: Path, write) -> None:
     """Write to a temp file in the same folder, fsync, then os.replace: readers see the old
     file or the new one, never a half-written one."""
@@ -58,6 +68,7 @@ def _atomic(path: Path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _PLAIN_MODE)  # mkstemp's 0600 would hide results from others on a shared folder
         fault_point(f"write:{path.name}")  # killed here: the temp file exists, the target is untouched
         os.replace(tmp, path)
     except BaseException as e:

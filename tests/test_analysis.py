@@ -273,7 +273,7 @@ def test_report_states_findings_computed_from_the_data(built):
                     "resnet-32-A/seed=1: diverged at iter 1200; not counted",
                     "resnet-110-A/seed=2: missing: no run folder"):
         assert problem in md
-    assert "CIFAR-10 (image-folder copy)" in md and "/data/cifar10-jpeg.tar.gz" in md
+    assert "CIFAR-10 (JPEG copy)" in md and "/data/cifar10-jpeg.tar.gz" in md  # lossy copy named as such
     assert "| precision | bf16 |" in md and "| lr milestones (iterations) | [1000, 1500] |" in md
     for name in FIGURES:
         assert f"(figures/{name}.png)" in md
@@ -447,3 +447,12 @@ def test_odd_sweeps_still_give_a_report(tmp_path, kind):
         plt.close("all")
     if kind == "nothing evaluated yet":
         assert "running/incomplete: no evaluation point yet" in md
+
+
+def test_image_folder_label_names_a_jpeg_copy_and_nothing_more_otherwise():
+    import pandas as pd
+    from analysis.style import data_label
+    runs = lambda roots: pd.DataFrame({"data_source": ["cifar10_folder"] * len(roots), "data_root": roots})  # noqa: E731
+    assert data_label(runs(["../shared/data/cifar10-jpeg.tar.gz"])) == "CIFAR-10 (JPEG copy)"
+    assert data_label(runs(["/data/cifar10-png"])) == "CIFAR-10 (image-folder copy)"
+    assert data_label(runs(["/a/cifar-jpg", "/b/pngs"])) == "CIFAR-10 (image-folder copy)"
