@@ -18,7 +18,7 @@ def without_stamp(text: str) -> str:
 def regenerated(tmp_path):
     if not (REFERENCE / "runs").is_dir():
         pytest.skip(f"no committed reference results at {REFERENCE}")
-    copy = tmp_path / "reference" / "quick"
+    copy = tmp_path / "results" / "reference" / "quick"  # the title names the folder below results/
     shutil.copytree(REFERENCE / "runs", copy / "runs")
     for name in ("plan.json", "multirun.yaml"):
         if (REFERENCE / name).exists():
@@ -38,4 +38,4 @@ def test_reference_shows_the_degradation(regenerated):
     deg = pd.read_csv(regenerated / "tables" / "degradation.csv")
     assert set(deg["depth"]) >= {20, 56}
     text = (regenerated / "report.md").read_text()
-    assert "CIFAR-10" in text and "JPEG" in text or "image-folder" in text
+    assert "Data: CIFAR-10 (JPEG copy)." in text and "Degradation reproduced" in text
