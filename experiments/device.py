@@ -66,6 +66,17 @@ class RunDevice:
                 "channels_last": self.channels_last, "threads": self.threads, "compiled": self.compile}
 
 
+def resolve_precision(setting: str, device_type: str) -> str:
+    """`auto`: bf16 autocast on CUDA, fp32 elsewhere; `fast`: bf16 wherever the hardware runs it
+    natively (CUDA, CPUs with AVX512-BF16/AMX); `fp32` / `bf16` as given."""
+    cuda_bf16 = device_type == "cuda" and torch.cuda.is_bf16_supported()
+    if setting == "auto":
+        return "bf16" if cuda_bf16 else "fp32"
+    if setting == "fast":
+        return "bf16" if cuda_bf16 or (device_type == "cpu" and cpu_supports_bf16()) else "fp32"
+    return setting
+
+
 def pick_device(trainer) -> RunDevice:
     """`trainer.device=auto` picks cuda, then mps, then cpu; precision and layout follow the device."""
     if trainer.device == "auto":
@@ -75,13 +86,7 @@ def pick_device(trainer) -> RunDevice:
     device = torch.device(name)
     threads = available_cores() if trainer.threads == "auto" else int(trainer.threads)
     torch.set_num_threads(threads)
-    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    if trainer.precision == "auto":
-        precision = "bf16" if cuda_bf16 else "fp32"
-    elif trainer.precision == "fast":  # bf16 only where the hardware runs it natively
-        precision = "bf16" if cuda_bf16 or (device.type == "cpu" and cpu_supports_bf16()) else "fp32"
-    else:
-        precision = trainer.precision
+    precision = resolve_precision(trainer.precision, device.type)
     channels_last = device.type in ("cuda", "cpu") if trainer.channels_last == "auto" else bool(trainer.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once

@@ -21,8 +21,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from experiments.checks import ConfigError, check_config
-from experiments.device import available_cores
-from experiments.models import build_model, count_macs
+from experiments.device import available_cores, resolve_precision
+from experiments.models import build_from_config, count_macs
 from experiments.runfiles import FORMAT_VERSION, atomic_write_json, read_json, run_dir
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -45,6 +45,7 @@ class PlannedRun:
     iterations: int
     images: int
     macs: int
+    precision: str  # what the run will compute in on this machine (for the time estimate)
 
 
 def experiments() -> list[str]:
@@ -90,7 +91,8 @@ def plan(args) -> list[PlannedRun]:
             status = summary["status"] if summary and summary.get("status") in ("completed", "diverged") else (
                 "training" if locked_elsewhere(folder) else "partial" if (folder / "last.pt").exists() else "to do")
             runs.append(PlannedRun(sweep_overrides, folder, status, cfg.schedule.iterations,
-                                   cfg.schedule.iterations * cfg.optim.batch_size, _macs(m)))
+                                   cfg.schedule.iterations * cfg.optim.batch_size, _macs(m),
+                                   resolve_precision(cfg.trainer.precision, _device_type())))
     return runs
 
 
@@ -98,25 +100,28 @@ _MAC_CACHE: dict = {}
 
 
 def _macs(m) -> int:
-    key = (m.arch, m.depth, m.shortcut, m.width)
+    key = tuple(sorted((k, str(v)) for k, v in m.items()))
     if key not in _MAC_CACHE:  # MACs are counted by a real forward pass; cache per architecture
-        _MAC_CACHE[key] = count_macs(build_model(m.arch, m.depth, m.shortcut if m.arch == "resnet" else "A",
-                                                 width=m.width))
+        _MAC_CACHE[key] = count_macs(build_from_config(m))
     return _MAC_CACHE[key]
 
 
 def estimate_seconds(run: PlannedRun, device: str) -> float:
     rate = FALLBACK_GMAC_IMAGES_PER_S[device]
-    bench = read_json(Path("results/bench/latest.json")) if Path("results/bench/latest.json").exists() else None
-    if bench:
-        rows = [r for r in bench.get("rows", []) if r.get("device") == device and r.get("suite_images_per_s")]
-        if rows:  # images/s x GMAC of the benchmarked models, averaged
-            rate = sum(r["suite_images_per_s"] * r["macs"] / 1e9 for r in rows) / len(rows)
+    bench = read_json(Path("results/bench/latest.json")) or {}
+    rows = [r for r in bench.get("rows", []) if r.get("device") == device and r.get("suite_images_per_s")
+            and r.get("precision") == run.precision]
+    if rows:  # images/s x GMAC of the benchmarked models at the run's precision, averaged
+        rate = sum(r["suite_images_per_s"] * r["macs"] / 1e9 for r in rows) / len(rows)
     return run.images * run.macs / 1e9 / rate
 
 
+def _device_type() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def print_plan(runs: list[PlannedRun], args) -> None:
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = _device_type()
     todo = [r for r in runs if r.status != "completed" and r.status != "diverged"]
     print(f"sweep {args.exp}: {len(runs)} runs, {len(runs) - len(todo)} done, {len(todo)} to train "
           f"(launcher {args.launcher}, jobs {args.jobs}, results {args.results})")
