@@ -39,3 +39,15 @@ def test_reference_shows_the_degradation(regenerated):
     assert set(deg["depth"]) >= {20, 56}
     text = (regenerated / "report.md").read_text()
     assert "Data: CIFAR-10 (JPEG copy)." in text and "Degradation reproduced" in text
+
+
+def test_readme_shows_the_committed_numbers():
+    if not (REFERENCE / "report.md").exists():
+        pytest.skip(f"no committed reference report at {REFERENCE}")
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("<!-- reference:start -->"):readme.index("<!-- reference:end -->")]
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    assert len(rows) >= 6
+    report_md = (REFERENCE / "report.md").read_text()
+    for row in rows:  # every table row in the README is copied from the generated report, never typed
+        assert row in report_md, row
