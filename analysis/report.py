@@ -14,7 +14,6 @@ import argparse
 import math
 import os
 import sys
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import pandas as pd
 
 from analysis import figures, findings, paper, render, tables
 from analysis.collect import COMPLETED, Results, ResultsError, collect, experiment_name
-from analysis.style import data_label, default_mode, is_fake, save
+from analysis.style import atomic_write, data_label, is_fake, save
 
 
 def _ms(mean, std, n) -> str:
@@ -161,15 +160,7 @@ def build_blocks(results: Results, all_tables: dict, plots, pngs: dict, stamp: s
 
 
 def _write_text(path: Path, text: str) -> None:
-    """Atomic: a reader never sees half a report."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.chmod(tmp, default_mode())
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8", newline="\n"))
 
 
 def write_figures(results: Results) -> tuple[list, dict]:

@@ -100,16 +100,22 @@ def default_mode() -> int:
     return 0o666 & ~umask
 
 
-def _atomic_save(fig, path: Path, **kwargs) -> None:
+def atomic_write(path: Path, write) -> None:
+    """`write(tmp_path)` fills a temp file beside `path`, which then replaces `path` at once:
+    a reader never sees half a report or figure."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     os.chmod(tmp, default_mode())
     try:
-        fig.savefig(tmp, format=path.suffix[1:], **kwargs)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _atomic_save(fig, path: Path, **kwargs) -> None:
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix[1:], **kwargs))
 
 
 def save(fig, folder: Path, name: str) -> Path:
