@@ -57,30 +57,17 @@ def make_trainer(arch: str, depth: int, precision: str, device: str, threads: in
 
 
 class Suite:
-    """Trainer.fit's loop body minus evaluation points and checkpoints: lr lookup, the run's batch, the
-    step, the on-device loss/error sums and non-finite check; no sync per step (fit syncs every 50
-    iterations, as here). The ResNet-110 warm-up's running error (a sync per 10 steps) is left out."""
+    """Trainer.fit's own loop body (`Trainer.train_iteration`) minus evaluation points and
+    checkpoints, with fit's sync every 50 iterations; the ResNet-110 warm-up is left out."""
 
     def __init__(self, tr: Trainer):
-        self.tr, self.first_bad = tr, torch.tensor(-1, device=tr.dev.device)
+        self.tr = tr
 
     def steps(self, n: int) -> None:
-        tr = self.tr
         for _ in range(n):
-            it = tr.iteration
-            lr = tr.schedule.lr_at(it)
-            if tr.opt.param_groups[0]["lr"] != lr:
-                for g in tr.opt.param_groups:
-                    g["lr"] = lr
-            x, y = tr.batches.train_batch(it)
-            loss, wrong = tr.step_fn(x, y)
-            self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(loss), it + 1, self.first_bad)
-            tr.acc["loss"] = tr.acc["loss"] + loss * len(y)
-            tr.acc["wrong"] = tr.acc["wrong"] + wrong
-            tr.acc["seen"] += len(y)
-            tr.iteration = it + 1
-            if tr.iteration % 50 == 0:
-                int(self.first_bad)
+            self.tr.train_iteration(warming=False)
+            if self.tr.iteration % 50 == 0:
+                int(self.tr.first_bad)
 
 
 class Bound:

@@ -180,6 +180,7 @@ class Trainer:
         self.iteration, self.elapsed, self.warmup_end = 0, 0.0, None
         self.acc = {"loss": 0.0, "wrong": 0, "seen": 0, "warmup": False, "t": 0.0}
         self.stop_signal = None
+        self.first_bad = torch.tensor(-1, device=self.dev.device)
 
     # -- one optimisation step ------------------------------------------------------------
     def _step(self, x, y):
@@ -190,6 +191,25 @@ class Trainer:
         loss.backward()
         self.opt.step()
         return loss.detach(), (logits.argmax(1) != y).sum()
+
+    def train_iteration(self, warming: bool) -> tuple[float, torch.Tensor]:
+        """One iteration of the loop (also what `make bench` times): the scheduled lr, the run's
+        batch, the step, and on-device sums with no host sync. Returns the lr and the wrong count."""
+        it = self.iteration
+        lr = self.schedule.lr_at(it, warming)
+        if self.opt.param_groups[0]["lr"] != lr:
+            for g in self.opt.param_groups:
+                g["lr"] = lr
+        x, y = self.batches.train_batch(it)
+        loss, wrong = self.step_fn(x, y)
+        # The first non-finite loss, found later without a sync per step.
+        self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(loss), it + 1, self.first_bad)
+        self.acc["loss"] = self.acc["loss"] + loss * len(y)
+        self.acc["wrong"] = self.acc["wrong"] + wrong
+        self.acc["seen"] += len(y)
+        self.acc["warmup"] |= warming
+        self.iteration = it + 1
+        return lr, wrong
 
     # -- checkpoint -------------------------------------------------------------------------
     def save(self):
@@ -250,34 +270,22 @@ class Trainer:
         fixed_x, fixed_y = self.batches.fixed_train_batch(128) if tr.probes else (None, None)
         warming = self.schedule.warmup and self.warmup_end is None
         window = []  # recent (wrong, seen) during warm-up: the "running training error"
-        bad_at, first_bad = None, torch.tensor(-1, device=self.dev.device)  # checked without a sync per step
+        bad_at = None
         old = self._trap_signals()
         try:
             t0 = time.perf_counter()
             while self.iteration < total:
-                it = self.iteration
-                lr = self.schedule.lr_at(it, warming)
-                if self.opt.param_groups[0]["lr"] != lr:
-                    for g in self.opt.param_groups:
-                        g["lr"] = lr
-                x, y = self.batches.train_batch(it)
-                loss, wrong = self.step_fn(x, y)
-                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), it + 1, first_bad)
-                self.acc["loss"] = self.acc["loss"] + loss * len(y)
-                self.acc["wrong"] = self.acc["wrong"] + wrong
-                self.acc["seen"] += len(y)
-                self.acc["warmup"] |= warming
-                self.iteration = it + 1
+                lr, wrong = self.train_iteration(warming)
                 if warming:
-                    window = (window + [(wrong, len(y))])[-20:]
+                    window = (window + [(wrong, cfg.optim.batch_size)])[-20:]
                     if self.iteration % 10 == 0:
                         err = 100.0 * float(sum(w for w, _ in window)) / sum(n for _, n in window)
                         if self.schedule.warmup_should_end(self.iteration, err):
                             warming, self.warmup_end = False, self.iteration
                 eval_now = self.iteration % tr.eval_every == 0 or self.iteration == total
                 if eval_now or self.iteration % 50 == 0 or self.stop_signal:
-                    if int(first_bad) >= 0:
-                        bad_at = int(first_bad)
+                    if int(self.first_bad) >= 0:
+                        bad_at = int(self.first_bad)
                         break
                     progress.update(self.iteration, lr, self.acc)
                 if eval_now:

@@ -505,7 +505,7 @@ def test_a_run_locked_by_another_process_is_skipped_and_reported_as_such(tmp_pat
         err = capsys.readouterr().err
         assert f"skipped {folder}: another process is training this run right now" in err
         assert not (folder / "metrics.jsonl").exists()
-        planned = [sweep_mod.PlannedRun([], folder, "to do", 30, 960, 1)]
+        planned = [sweep_mod.PlannedRun([], folder, "to do", 30, 960, 1, "fp32")]
         assert sweep_mod.report(planned) == 0
         out, err = capsys.readouterr()
         assert re.search(r"seed=0\s+training", out)
