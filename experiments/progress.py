@@ -7,18 +7,20 @@ from tqdm import tqdm
 
 
 class Progress:
-    def __init__(self, mode: str, total: int, start: int, folder):
+    def __init__(self, mode: str, total: int, start: int, folder, batch_size: int = 1):
         self.name = f"{folder.parent.name}/{folder.name}"
         tty = sys.stderr.isatty() if mode == "auto" else mode in (True, "bar")
-        self.bar = tqdm(total=total, initial=start, desc=self.name, unit="it", dynamic_ncols=True,
-                        file=sys.stderr) if tty else None
+        # Counted in iterations, shown in images: the rate reads as images/s; the iteration is a postfix.
+        self.bar = tqdm(total=total, initial=start, desc=self.name, unit="img", unit_scale=batch_size,
+                        dynamic_ncols=True, file=sys.stderr) if tty else None
 
     def update(self, iteration: int, lr: float, acc: dict) -> None:
         if self.bar is None:
             return
         seen = max(acc["seen"], 1)
         self.bar.update(iteration - self.bar.n)
-        self.bar.set_postfix(lr=f"{lr:.3g}", train_err=f"{100.0 * float(acc['wrong']) / seen:.1f}%", refresh=False)
+        self.bar.set_postfix(iter=iteration, lr=f"{lr:.3g}", train_err=f"{100.0 * float(acc['wrong']) / seen:.1f}%",
+                             refresh=False)
 
     def point(self, row: dict) -> None:
         line = (f"{self.name} iter {row['iter']} lr {row['lr']:.3g} train_err {row['train_err']:.2f}% "

@@ -266,7 +266,7 @@ class Trainer:
         rows = read_metrics(metrics_path, self.iteration if resumed else -1)
         atomic_write_text(metrics_path, "".join(to_jsonl(r) for r in rows))
         probe_at = self._probe_points(total)
-        progress = Progress(tr.progress, total, self.iteration, self.folder)
+        progress = Progress(tr.progress, total, self.iteration, self.folder, cfg.optim.batch_size)
         fixed_x, fixed_y = self.batches.fixed_train_batch(128) if tr.probes else (None, None)
         warming = self.schedule.warmup and self.warmup_end is None
         window = []  # recent (wrong, seen) during warm-up: the "running training error"
