@@ -60,6 +60,10 @@ def base_overrides(args) -> list[str]:
         out.append(f"data.root={args.data_root}")
     if args.jobs > 1 and args.launcher in ("joblib",):
         out.append(f"trainer.threads={max(1, available_cores() // args.jobs)}")  # share the cores
+    if args.launcher != "basic":  # chosen before the user's overrides, so hydra.launcher.* can refine it
+        out.append(f"hydra/launcher={LAUNCHERS[args.launcher]}")
+    if args.launcher == "joblib":
+        out.append(f"hydra.launcher.n_jobs={args.jobs}")
     return out + list(args.overrides)
 
 
@@ -159,10 +163,6 @@ def locked_elsewhere(folder: Path) -> bool:
 def launch(args) -> int:
     cmd = [sys.executable, "-m", "experiments.train", "--multirun", *base_overrides(args),
            f"seed={','.join(str(s) for s in range(args.seeds))}"]
-    if args.launcher != "basic":
-        cmd.append(f"hydra/launcher={LAUNCHERS[args.launcher]}")
-    if args.launcher == "joblib":
-        cmd.append(f"hydra.launcher.n_jobs={args.jobs}")
     print("$ " + " ".join(cmd), flush=True)
     child = subprocess.Popen(cmd)
 

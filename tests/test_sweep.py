@@ -101,3 +101,19 @@ def test_joblib_two_jobs_match_serial(tmp_path):
     for name in EXPECTED["smoke"]:
         got, want = (metrics(run_folder(tmp_path / r, name, exp="smoke")) for r in ("parallel", "serial"))
         assert got == want, name
+
+
+def test_the_slurm_code_path_runs_through_submitits_local_executor(tmp_path):
+    serial = smoke(tmp_path / "serial")
+    local = smoke(tmp_path / "local", "--launcher", "local")
+    assert serial.returncode == 0 and local.returncode == 0, local.stderr
+    assert list((tmp_path / "local" / "smoke" / ".submitit").iterdir())  # submitit really ran the jobs
+    for name in EXPECTED["smoke"]:
+        got, want = (metrics(run_folder(tmp_path / r, name, exp="smoke")) for r in ("local", "serial"))
+        assert got == want, name
+
+
+def test_launcher_settings_can_be_refined_on_the_command_line(capsys):
+    assert sweep.main(["--exp", "smoke", "--launcher", "slurm", "--dry-run", "hydra.launcher.partition=gpu",
+                       "hydra.launcher.timeout_min=60"]) == 0
+    assert "2 runs" in capsys.readouterr().out
