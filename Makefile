@@ -9,6 +9,7 @@ LAUNCHER ?= basic
 JOBS ?= 1
 RESULTS ?= results
 DRY ?=
+ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help setup test test-all sweep plots report bench data clean
@@ -29,9 +30,9 @@ test: setup  ## the fast test suite (what CI runs)
 test-all: setup  ## every test, the slow ones included
 	$(PY) -m pytest -q -m ''
 
-sweep: setup  ## train an experiment: make sweep [EXP=quick] [SEEDS=n] [DATA_ROOT=...] [LAUNCHER=basic|joblib|slurm] [JOBS=n] [DRY=1]
+sweep: setup  ## train an experiment: make sweep [EXP=quick] [SEEDS=n] [DATA_ROOT=...] [LAUNCHER=basic|joblib|slurm|local] [JOBS=n] [DRY=1] [ARGS='hydra overrides']
 	$(PY) -m experiments.sweep --exp $(EXP) --seeds $(SEEDS) --launcher $(LAUNCHER) --jobs $(JOBS) \
-		--results $(RESULTS) $(if $(DATA),--data $(DATA)) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) $(if $(DRY),--dry-run)
+		--results $(RESULTS) $(if $(DATA),--data $(DATA)) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) $(if $(DRY),--dry-run) $(ARGS)
 
 plots: setup  ## write the figures of an experiment: make plots [EXP=quick]
 	$(PY) -m analysis.report --results $(RESULTS)/$(EXP) --figures-only
