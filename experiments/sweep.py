@@ -26,7 +26,7 @@ from experiments.models import build_from_config, count_macs
 from experiments.runfiles import FORMAT_VERSION, atomic_write_json, read_json, run_dir
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-LAUNCHERS = {"basic": "basic", "joblib": "joblib", "slurm": "slurm", "local": "local"}
+LAUNCHERS = ("basic", "joblib", "slurm", "local")  # Hydra launcher configs: built-in basic, joblib, conf/hydra/launcher/*
 # Training images/s per GMAC of forward work, measured on this project's machines; used only when
 # results/bench/latest.json has no figure for the device (see `make bench`).
 # (ResNet-56 at 0.125 GMAC: ~450 img/s bf16 on 2 EPYC cores; the H100 target is 25k img/s.)
@@ -61,7 +61,7 @@ def base_overrides(args) -> list[str]:
     if args.jobs > 1 and args.launcher in ("joblib",):
         out.append(f"trainer.threads={max(1, available_cores() // args.jobs)}")  # share the cores
     if args.launcher != "basic":  # chosen before the user's overrides, so hydra.launcher.* can refine it
-        out.append(f"hydra/launcher={LAUNCHERS[args.launcher]}")
+        out.append(f"hydra/launcher={args.launcher}")
     if args.launcher == "joblib":
         out.append(f"hydra.launcher.n_jobs={args.jobs}")
     return out + list(args.overrides)
