@@ -33,7 +33,7 @@ METRIC_FIELDS = ("epoch", "lr", "warmup", "train_loss", "train_err", "test_loss"
 # summary.json fields copied verbatim into the runs table (README lists them all).
 SUMMARY_FIELDS = ("params", "macs", "iterations", "iterations_done", "final_train_err",
                   "final_test_err", "final_train_loss", "final_test_loss", "best_test_err",
-                  "best_test_iter", "wall_time_s", "images_per_s", "warmup_end_iter",
+                  "best_test_iter", "wall_time_s", "images_per_s", "warmup_end_iter", "warmup_max_iters",
                   "diverged_at", "data_source", "data_split", "eval_split", "train_size",
                   "eval_size", "batch_size", "lr", "milestones", "gamma", "weight_decay",
                   "momentum", "device", "device_name", "precision", "channels_last",

@@ -134,7 +134,8 @@ def shortcut_options(results: Results, colours: dict) -> Plot:
                     f"Skipped: only option {', '.join(options) or '(none)'} present; the "
                     "ablation needs two or more shortcut options.")
     table = abc(results)
-    table = table[table["n"] > 0]
+    table = table[(table["n"] > 0) & table["arch"].isin(["plain", "resnet"])]  # ResNet's options, plain beside
+    table = table.assign(option=table["option"].where(table["arch"] != "plain", "plain"))
     if table.empty:
         return Plot("shortcut_options", "Shortcut options A/B/C",
                     "Skipped: no completed run of any shortcut option yet.")

@@ -23,6 +23,7 @@ th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; vertical-a
 th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 figure { margin: 1.5em 0; } figure img { max-width: 100%; }
 figcaption, .caption { color: #555; font-size: 13px; }
+.callout { border-left: 5px solid #0173b2; background: #eef5fb; padding: 0.6em 1em; font-weight: 600; }
 .banner { background: #c00000; color: white; font-weight: bold; padding: 0.6em 1em; }
 .stamp { color: #888; font-size: 12px; }
 """.strip()
@@ -45,7 +46,7 @@ def to_markdown(blocks: list[tuple]) -> str:
     for kind, *args in blocks:
         if kind == "title":
             out.append(f"# {args[0]}")
-        elif kind == "banner":
+        elif kind in ("banner", "callout"):
             out.append(f"> **{args[0]}**")
         elif kind in ("stamp", "p"):
             out.append(args[0])
@@ -80,6 +81,8 @@ def to_html(blocks: list[tuple], title: str) -> str:
             body.append(f"<h1>{esc(args[0])}</h1>")
         elif kind == "banner":
             body.append(f'<p class="banner">{esc(args[0])}</p>')
+        elif kind == "callout":
+            body.append(f'<p class="callout">{esc(args[0])}</p>')
         elif kind == "stamp":
             body.append(f'<p class="stamp">\n{esc(args[0])}\n</p>')
         elif kind == "h2":

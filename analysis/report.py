@@ -84,12 +84,35 @@ def table6_view(t: pd.DataFrame) -> pd.DataFrame:
 
 def abc_view(t: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
-        "depth": t["depth"], "option": t["option"],
+        "depth": t["depth"], "net": [_net(a, o, d) for a, o, d in zip(t["arch"], t["option"], t["depth"])],
+        "final train err %": [_ms(m, s, n) for m, s, n in
+                              zip(t["final_train_err_mean"], t["final_train_err_std"], t["n"])],
         "final test err %": [_ms(m, s, n) for m, s, n in
                              zip(t["final_test_err_mean"], t["final_test_err_std"], t["n"])],
-        "final train err % (mean)": t["final_train_err_mean"].map(_num),
         "params": t["params"].map(_count), "MACs": t["macs"].map(_mega),
         "not counted": t["not_counted"]})
+
+
+def abc_pairs_view(t: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "net": [f"{'ResNet' if a == 'resnet' else a}-{d}" for a, d in zip(t["arch"], t["depth"])],
+        "difference": [f"{o} − A, final {m.replace('final_', '').replace('_err', '')} err"
+                       for o, m in zip(t["option"], t["metric"])],
+        "mean ± std (points)": [_ms(m, s, n) for m, s, n in zip(t["mean_diff"], t["std_diff"], t["n_pairs"])],
+        "95 % CI": [f"[{lo:+.2f}, {hi:+.2f}]" if n > 1 else "—" for lo, hi, n in
+                    zip(t["ci95_low"], t["ci95_high"], t["n_pairs"])],
+        "seeds resolve it": ["yes" if r else "no" for r in t["resolved"]]})
+
+
+def verdicts_view(t: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "claim": t["claim"], "depths": [f"{a} → {b}" for a, b in zip(t["shallower"], t["deeper"])],
+        "deeper − shallower, final train err (points)": [
+            _ms(m, s, n) for m, s, n in zip(t["mean_diff"], t["std_diff"], t["n_pairs"])],
+        "95 % CI": [f"[{lo:+.2f}, {hi:+.2f}]" if n > 1 else "—" for lo, hi, n in
+                    zip(t["ci95_low"], t["ci95_high"], t["n_pairs"])],
+        "seeds agreeing": [f"{a} of {n}" for a, n in zip(t["seeds_agreeing"], t["n_pairs"])],
+        "verdict": t["state"]})
 
 
 def inventory_view(t: pd.DataFrame) -> pd.DataFrame:
@@ -116,14 +139,21 @@ def problems(results: Results, inventory: pd.DataFrame) -> list[str]:
 
 def build_blocks(results: Results, all_tables: dict, plots, pngs: dict, stamp: str) -> list:
     exp, shortcut = experiment_name(results.root), tables.main_shortcut(results.runs)
+    has_abc = not all_tables["abc_pairs"].empty
     blocks = [("title", f"Plain vs residual networks: {exp}")]
     if is_fake(results.runs):
         blocks.append(("banner", "FAKE DATA (tests only): these numbers say nothing about "
                                  "CIFAR-10."))
     blocks += [("stamp", stamp), ("p", f"Data: {data_label(results.runs)}."),
-               ("h2", "Findings"), *[("p", s) for s in findings.findings(results, all_tables)],
+               ("callout", findings.headline(results, all_tables["verdict"], all_tables["abc_pairs"]))]
+    lead = next((p for p in plots if p.figure is not None), None)  # the figure that shows the verdict
+    if lead is not None:
+        blocks.append(("figure", lead.title, lead.caption, f"figures/{lead.name}.png", pngs[lead.name]))
+    blocks += [("h2", "Findings"), *[("p", s) for s in findings.findings(results, all_tables)],
                ("h2", "What degradation is"), ("p", findings.EXPLANATION), ("h2", "Figures")]
     for plot in plots:
+        if plot is lead:
+            continue
         if plot.figure is None:
             blocks.append(("p", f"{plot.title}: {plot.caption}"))
         else:
@@ -131,17 +161,22 @@ def build_blocks(results: Results, all_tables: dict, plots, pngs: dict, stamp: s
                            pngs[plot.name]))
     blocks += [
         ("h2", "Tables"),
+        ("table", verdicts_view(all_tables["verdicts"]),
+         "The two halves of Fig. 6, paired by seed (tables/verdicts.csv)."),
         ("table", degradation_view(all_tables["degradation"], shortcut),
          "Degradation: final errors per depth, mean ± std over completed seeds "
          "(tables/degradation.csv)."),
         ("table", pairs_view(all_tables["degradation_pairs"]),
          "Consecutive depths: is the deeper net worse on final training error? "
          "(tables/degradation_pairs.csv)")]
-    if len(set(all_tables["abc"]["option"]) - {"plain"}) >= 2:
-        blocks.append(("table", abc_view(all_tables["abc"]),
-                       "Shortcut options per depth, plain as baseline (tables/abc.csv)."))
+    if has_abc:
+        blocks += [("table", abc_view(all_tables["abc"]),
+                    "Shortcut options per depth, the plain net of the depth where one ran (tables/abc.csv)."),
+                   ("table", abc_pairs_view(all_tables["abc_pairs"]),
+                    "Each option against option A of the same depth, paired by seed (tables/abc_pairs.csv).")]
     else:
-        blocks.append(("p", "Shortcut options: skipped, one option only (tables/abc.csv)."))
+        blocks.append(("p", "Shortcut options: not part of this experiment (one option per architecture; "
+                            "tables/abc.csv)."))
     blocks += [("table", inventory_view(all_tables["inventory"]),
                 "Every run, including the missing and unfinished (tables/inventory.csv).")]
     blocks += [
@@ -150,8 +185,8 @@ def build_blocks(results: Results, all_tables: dict, plots, pngs: dict, stamp: s
         ("table", table6_view(all_tables["table6"]),
          f"Paper: {paper.CITATION}, {paper.TABLE6_SOURCE}; ResNet-110 is compared with the "
          "paper's mean of 5 runs (tables/table6.csv)."),
-        ("p", f"{paper.TABLE3_SOURCE}, for the shortcut options: " + ", ".join(
-            f"{k} {v:.2f}" for k, v in paper.TABLE3_TOP1_ERR.items()) + "."),
+        *([("p", f"{paper.TABLE3_SOURCE}, for the shortcut options: " + ", ".join(
+            f"{k} {v:.2f}" for k, v in paper.TABLE3_TOP1_ERR.items()) + ".")] if has_abc else []),
         ("h2", "Recipe used"), ("kv", findings.recipe(results)),
         ("h2", "Data"), ("kv", findings.data_source(results)),
         ("h2", "Software and device"), ("kv", findings.software(results)),
@@ -186,7 +221,7 @@ def write_report(results: Results, figures_only: bool = False) -> list[Path]:
         path = results.root / "tables" / f"{name}.csv"
         _write_text(path, frame.to_csv(index=False, lineterminator="\n", float_format="%.10g"))
         written.append(path)
-    all_tables["verdict"] = tables.verdict(all_tables["degradation"])
+    all_tables["verdict"] = tables.verdict(results)
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     now = datetime.fromtimestamp(int(epoch), timezone.utc) if epoch else datetime.now(timezone.utc)
     stamp = f"Generated {now:%Y-%m-%d %H:%M:%S} UTC by python -m analysis.report"
@@ -218,8 +253,7 @@ def main(argv=None) -> int:
     for path in written:
         print(f"wrote {path}")
     if not args.figures_only:
-        verdict = tables.verdict(tables.degradation(results))
-        print(f"degradation: {verdict['status']}")
+        print(f"degradation: {tables.verdict(results)['status']}")
     return 0
 
 

