@@ -10,8 +10,10 @@ EXPECTED = {
     "degradation": [f"{a}-{d}-{s}" for a, s in (("plain", "none"), ("resnet", "A")) for d in (20, 32, 44, 56, 110)],
     "shortcuts": [f"{a}-{d}-{s}" for a, s in (("plain", "none"), ("resnet", "A"), ("resnet", "B"), ("resnet", "C"))
                   for d in (20, 56, 110)],
-    "imagenet_style": ["plain-18-none", "plain-34-none", "resnet-18-B", "resnet-34-B"],
+    "imagenet_style": ["plain-18-none", "plain-34-none", "resnet-18-A", "resnet-34-A"],
     "preact": [f"{a}-{d}-A" for a in ("resnet", "preact") for d in (56, 110)],
+    "shortcuts_quick": [f"resnet-{d}-{s}" for s in "ABC" for d in (20, 56)],
+    "degradation_16k": [f"{a}-{d}-{s}" for a, s in (("plain", "none"), ("resnet", "A")) for d in (20, 56)],
 }
 
 
@@ -41,6 +43,11 @@ def test_paper_experiments_use_the_paper_recipe():
             assert (cfg.optim.weight_decay, cfg.optim.momentum, cfg.data.source) == (1e-4, 0.9, "cifar10")
         quick = compose("config", overrides=["experiment=quick"])
         assert quick.schedule.iterations == 2000 and quick.optim.batch_size == 128 and quick.data.train_subset is None
+        from experiments.schedule import LrSchedule
+        for exp, iterations, drops in (("shortcuts_quick", 2000, (1000, 1500)), ("degradation_16k", 16000, (8000, 12000))):
+            cfg = compose("config", overrides=[f"experiment={exp}"])
+            assert (cfg.schedule.iterations, cfg.optim.lr, cfg.optim.batch_size) == (iterations, 0.1, 128), exp
+            assert LrSchedule.from_config(cfg.optim, cfg.schedule, 56).milestones == drops, exp
 
 
 def test_slurm_and_local_launchers_compose():

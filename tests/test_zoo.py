@@ -235,7 +235,7 @@ def test_new_experiments_use_the_paper_recipe():
 
 
 @pytest.mark.parametrize("exp,runs", [
-    ("imagenet_style", ["plain-18-none", "plain-34-none", "resnet-18-B", "resnet-34-B"]),
+    ("imagenet_style", ["plain-18-none", "plain-34-none", "resnet-18-A", "resnet-34-A"]),  # Table 2 pairs plain with A
     ("preact", ["preact-110-A", "preact-56-A", "resnet-110-A", "resnet-56-A"]),
 ])
 def test_new_experiments_expand_to_exactly_their_runs(exp, runs):
