@@ -60,6 +60,8 @@ def check_schedule(schedule) -> None:
     if schedule.warmup not in ("auto", True, False):
         raise ConfigError(f"schedule.warmup must be auto, true or false, got {schedule.warmup!r}")
     _positive_float(schedule.warmup_lr, "schedule.warmup_lr")
+    if schedule.warmup_max_iters != "auto":
+        _positive_int(schedule.warmup_max_iters, "schedule.warmup_max_iters")
 
 
 def check_trainer(trainer) -> None:

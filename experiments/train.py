@@ -31,7 +31,7 @@ from experiments.runfiles import (
     FORMAT_VERSION, append_metrics, atomic_torch_save, atomic_write_json, atomic_write_text,
     WriteError, read_json, read_metrics, run_dir, to_jsonl,
 )
-from experiments.schedule import LrSchedule
+from experiments.schedule import RUNNING_ERR_CHECK_EVERY, LrSchedule, RunningError
 
 # Keys that change what a run computes; a resumed run must match them (the folder name
 # alone does not pin iterations, data or recipe).
@@ -46,8 +46,16 @@ class Interrupted(Exception):
 
 
 def result_config(cfg: DictConfig) -> dict:
-    return {k: OmegaConf.to_container(OmegaConf.select(cfg, k), resolve=True)
-            if OmegaConf.is_config(OmegaConf.select(cfg, k)) else OmegaConf.select(cfg, k) for k in RESULT_KEYS}
+    out = {k: OmegaConf.to_container(OmegaConf.select(cfg, k), resolve=True)
+           if OmegaConf.is_config(OmegaConf.select(cfg, k)) else OmegaConf.select(cfg, k) for k in RESULT_KEYS}
+    # The schedule as it computes (milestones resolved; warm-up settings only where warm-up is on), so
+    # a moved default (warmup_max_iters 4000 -> auto) cannot flag a finished run that never warmed up.
+    try:
+        resolved = LrSchedule.from_config(cfg.optim, cfg.schedule, cfg.model.depth)
+        out["schedule"] = {"iterations": cfg.schedule.iterations, **resolved.identity()}
+    except Exception:  # an unreadable schedule stays as written: it compares unequal, as it should
+        pass
+    return out
 
 
 def saved_result_config(path: Path) -> dict | None:
@@ -172,12 +180,14 @@ class Trainer:
         self.batches = DeviceBatches(self.data, self.dev.device, cfg.optim.batch_size, cfg.seed,
                                      channels_last=self.dev.channels_last)
         self.schedule = LrSchedule.from_config(cfg.optim, cfg.schedule, m.depth)
-        # Weight decay on every parameter (BN affine and biases too), as the paper's setups did.
+        # Weight decay on every parameter (BN affine and biases too): the paper says only "weight decay of
+        # 0.0001"; decaying all parameters is what the Torch/Caffe ResNet code of its time did (fb.resnet.torch).
         self.opt = torch.optim.SGD(self.model.parameters(), lr=self.schedule.lr_at(0), momentum=cfg.optim.momentum,
                                    weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov,
                                    **self.dev.sgd_kwargs)
         self.step_fn = self.dev.maybe_compile(self._step)
         self.iteration, self.elapsed, self.warmup_end = 0, 0.0, None
+        self.running_err = RunningError()  # the warm-up's window of recent batches
         self.acc = {"loss": 0.0, "wrong": 0, "seen": 0, "warmup": False, "t": 0.0}
         self.stop_signal = None
         self.first_bad = torch.tensor(-1, device=self.dev.device)
@@ -215,7 +225,7 @@ class Trainer:
     def save(self):
         atomic_torch_save(self.folder / "last.pt", {
             "format_version": FORMAT_VERSION, "iteration": self.iteration, "elapsed": self.elapsed,
-            "warmup_end": self.warmup_end, "acc": self.acc, "model": self.model.state_dict(),
+            "warmup_end": self.warmup_end, "warmup_window": self.running_err.state(), "acc": self.acc, "model": self.model.state_dict(),
             "opt": self.opt.state_dict(), "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         })
@@ -240,6 +250,7 @@ class Trainer:
             return False
         self.iteration, self.elapsed = state["iteration"], state["elapsed"]
         self.warmup_end, self.acc = state["warmup_end"], state["acc"]
+        self.running_err.batches = list(state.get("warmup_window", []))
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -269,7 +280,6 @@ class Trainer:
         progress = Progress(tr.progress, total, self.iteration, self.folder, cfg.optim.batch_size)
         fixed_x, fixed_y = self.batches.fixed_train_batch(128) if tr.probes else (None, None)
         warming = self.schedule.warmup and self.warmup_end is None
-        window = []  # recent (wrong, seen) during warm-up: the "running training error"
         bad_at = None
         old = self._trap_signals()
         try:
@@ -277,11 +287,10 @@ class Trainer:
             while self.iteration < total:
                 lr, wrong = self.train_iteration(warming)
                 if warming:
-                    window = (window + [(wrong, cfg.optim.batch_size)])[-20:]
-                    if self.iteration % 10 == 0:
-                        err = 100.0 * float(sum(w for w, _ in window)) / sum(n for _, n in window)
-                        if self.schedule.warmup_should_end(self.iteration, err):
-                            warming, self.warmup_end = False, self.iteration
+                    self.running_err.add(wrong, cfg.optim.batch_size)
+                    if self.iteration % RUNNING_ERR_CHECK_EVERY == 0 and \
+                            self.schedule.warmup_should_end(self.iteration, self.running_err.percent()):
+                        warming, self.warmup_end = False, self.iteration
                 eval_now = self.iteration % tr.eval_every == 0 or self.iteration == total
                 if eval_now or self.iteration % 50 == 0 or self.stop_signal:
                     if int(self.first_bad) >= 0:
@@ -348,6 +357,7 @@ class Trainer:
             "milestones": list(self.schedule.milestones), "gamma": self.schedule.gamma,
             "weight_decay": cfg.optim.weight_decay, "momentum": cfg.optim.momentum,
             "warmup": self.schedule.warmup, "warmup_end_iter": self.warmup_end,
+            "warmup_max_iters": self.schedule.warmup_max_iters if self.schedule.warmup else None,
             "iterations": cfg.schedule.iterations, "iterations_done": self.iteration,
             "final_train_err": last.get("train_err"), "final_test_err": last.get("test_err"),
             "final_train_loss": last.get("train_loss"), "final_test_loss": last.get("test_loss"),

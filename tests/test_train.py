@@ -94,6 +94,26 @@ def test_paper_schedule_and_warmup():
     assert w.lr_at(0, warming_up=True) == 0.01 and w.lr_at(400) == 0.1
     assert w.warmup_should_end(400, 79.9) and not w.warmup_should_end(400, 85.0)
     assert w.warmup_should_end(4000, 90.0)  # never stuck at the warm-up lr
+    short = LrSchedule.from_config(optim, OmegaConf.merge(sched, {"iterations": 16000, "warmup_max_iters": "auto"}),
+                                   depth=110)
+    assert w.warmup_max_iters == 4000 and short.warmup_max_iters == 1000  # the cap scales with the run
+    assert short.identity()["warmup_max_iters"] == 1000 and "warmup_max_iters" not in s.identity()
+
+
+def test_a_run_killed_during_warmup_resumes_with_the_same_running_error(tmp_path):
+    """The warm-up window (last 20 batches) is part of the checkpoint: without it a resumed run
+    judges warm-up on fewer batches and can leave it at another iteration."""
+    warm = ["schedule.warmup=true", "schedule.warmup_until_err=0", "schedule.warmup_max_iters=25",
+            "schedule.milestones=[]"]
+    train_mod.run(tiny_cfg(tmp_path / "ref", *warm))
+    args = [*TINY, f"results_dir={tmp_path / 'cut'}", *warm]
+    assert cli(*args, env={"SUITE_FAULT": "after:checkpoint:1"}).returncode == -signal.SIGKILL
+    import torch
+    saved = torch.load(run_folder(tmp_path / "cut") / "last.pt", weights_only=False)
+    assert [n for _, n in saved["warmup_window"]] == [32] * 10  # 10 batches of 32 so far, as ints
+    assert cli(*args).returncode == 0
+    assert metrics(run_folder(tmp_path / "cut")) == metrics(run_folder(tmp_path / "ref"))
+    assert summary(run_folder(tmp_path / "cut"))["warmup_end_iter"] == 30  # the cap, checked every 10
 
 
 def test_warmup_in_a_run_ends_and_returns_to_the_scheduled_lr(tmp_path):
