@@ -6,6 +6,7 @@ and colours that depend only on which depths exist, never on plotting order.
 """
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from contextlib import contextmanager
@@ -18,19 +19,54 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-# The paper's depths keep the same colour in every report; other depths take the rest.
-PALETTE = sns.color_palette("colorblind", 10).as_hex()
-PAPER_DEPTHS = (20, 32, 44, 56, 110, 1202)
-ARCH_COLOURS = {"plain": "#555555", "resnet": "#d55e00", "preact": "#56b4e9"}
-OPTION_COLOURS = {"plain": "#555555", "A": "#0173b2", "B": "#029e73", "C": "#cc78bc"}
-ARCH_MARKERS = {"plain": "s", "resnet": "o", "preact": "^"}
+# One visual language for every figure: colour means depth, line style and marker mean the
+# architecture, never the other way round. Depths the suite and the paper use have a fixed
+# colour, so a depth looks the same in every figure of every report; hues are chosen apart
+# (no two oranges: 56 is the only vermillion; every pair is > 40 apart in CIELAB, ΔE76), from
+# the Okabe-Ito and Tol colour-blind-safe sets.
+DEPTH_COLOURS = {8: "#999933", 14: "#777777", 20: "#0072b2", 32: "#009e73", 44: "#cc79a7",
+                 56: "#d55e00", 110: "#6a3d9a", 1202: "#000000"}
+# Other depths take these in depth order (then evenly spaced hues, should there be more).
+SPARE_COLOURS = ("#e6ab02", "#88ccee", "#882255", "#44aa99", "#332288", "#a6761d", "#66a61e")
+NEUTRAL = "#444444"  # lines whose colour means nothing (a style key, a line across depths)
 ARCH_LINESTYLES = {"plain": "--", "resnet": "-", "preact": "-."}
+SHORTCUT_MARKERS = {"none": "s", "A": "o", "B": "D", "C": "^"}  # none: plain
+SHORTCUT_HATCHES = {"none": "", "A": "///", "B": "...", "C": "xxx"}  # the same, for bars
 ARCH_NAMES = {"plain": "plain", "resnet": "ResNet", "preact": "pre-act ResNet"}  # He et al. 2016b
+
+
+def arch_style(arch: str, shortcut: str) -> dict:
+    """Line style per architecture and marker per shortcut option, as matplotlib kwargs."""
+    shortcut = "none" if arch == "plain" else shortcut
+    return {"ls": ARCH_LINESTYLES.get(arch, ":"), "marker": SHORTCUT_MARKERS.get(shortcut, "v")}
+
+
+def net_label(arch: str, shortcut: str, depth: int) -> str:
+    """'plain-20', 'ResNet-56 (A)', 'pre-act ResNet-110 (A)': one network in a legend."""
+    name = ARCH_NAMES.get(arch, arch)
+    return f"{name}-{depth}" + ("" if arch == "plain" else f" ({shortcut})")
+
+
+LINESTYLE_WORDS = {"--": "dashed", "-": "solid", "-.": "dash-dot", ":": "dotted"}
+MARKER_WORDS = {"s": "squares", "o": "circles", "D": "diamonds", "^": "triangles",
+                "v": "triangles down"}
+
+
+def style_key(families) -> str:
+    """'dashed with squares: plain; solid with circles: ResNet (option A)': the captions' key to
+    the line styles and markers of the (arch, shortcut) families drawn."""
+    parts = []
+    for arch, shortcut in sorted(set(families), key=lambda f: (f[0] != "plain", f)):
+        kw = arch_style(arch, shortcut)
+        parts.append(f"{LINESTYLE_WORDS[kw['ls']]} with {MARKER_WORDS[kw['marker']]}: "
+                     f"{family_label(arch, shortcut)}")
+    return "; ".join(parts)
 
 
 def family_label(arch: str, shortcut: str) -> str:
     """'plain', 'ResNet (option A)', 'pre-act ResNet (option A)': a panel or legend title."""
     return "plain" if arch == "plain" else f"{ARCH_NAMES.get(arch, arch)} (option {shortcut})"
+
 
 SOURCE_LABELS = {"cifar10": "CIFAR-10",
                  # An image-folder copy may be any re-encoding (PNG, JPEG): say no more than that.
@@ -50,13 +86,19 @@ def style():
 
 
 def depth_colours(depths) -> dict[int, str]:
-    """A colour per depth, the same in every figure of a report."""
-    others = sorted(d for d in set(depths) if d not in PAPER_DEPTHS)
-    # Spare colours skip the colorblind grey ("plain" elsewhere) and its pale yellow.
-    spare = [PALETTE[i] for i in (6, 9)] + sns.color_palette("dark", 10).as_hex()
-    colours = {d: PALETTE[i] for i, d in enumerate(PAPER_DEPTHS)}
-    colours.update({d: spare[i % len(spare)] for i, d in enumerate(others)})
+    """A colour per depth: the fixed one where the depth has one, else a spare colour given
+    in depth order, so the mapping depends only on which depths exist, never on plot order."""
+    colours = {int(d): c for d, c in DEPTH_COLOURS.items()}
+    others = sorted({int(d) for d in depths} - set(colours))
+    more = max(0, len(others) - len(SPARE_COLOURS))  # many odd depths: still distinct
+    spare = list(SPARE_COLOURS) + sns.color_palette("husl", more).as_hex()
+    colours.update(dict(zip(others, spare)))
     return colours
+
+
+def depth_gid(depth: int) -> str:
+    """The id a depth-coloured artist carries (in the SVG too), so tests can check colours."""
+    return f"depth-{int(depth)}"
 
 
 def data_label(runs: pd.DataFrame) -> str:
@@ -85,11 +127,13 @@ def eval_name(runs: pd.DataFrame) -> str:
     return {frozenset({"val"}): "validation"}.get(frozenset(splits), "test")
 
 
-def title(fig, text: str, runs: pd.DataFrame) -> None:
-    """A suptitle naming the data; fake data is said loudly so no one mistakes it."""
+def title(fig, text: str, runs: pd.DataFrame, narrow: bool = False) -> None:
+    """A suptitle naming the data (on a line of its own in a narrow figure, which it must not
+    widen); fake data is said loudly so no one mistakes it."""
     label = data_label(runs)
     fake = is_fake(runs)
-    fig.suptitle(f"{text} — {label}", color="#c00000" if fake else "black",
+    fig.suptitle(f"{text}\n{label}" if narrow else f"{text} — {label}",
+                 color="#c00000" if fake else "black",
                  fontweight="bold" if fake else "normal", fontsize=11)
 
 
@@ -116,6 +160,17 @@ def atomic_write(path: Path, write) -> None:
 
 def _atomic_save(fig, path: Path, **kwargs) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix[1:], **kwargs))
+
+
+def png_bytes(fig, dpi: int = 150) -> bytes:
+    """The figure as PNG bytes, never written to disk (the phone variant lives only in the
+    HTML); the same byte-stable settings as save()."""
+    buffer = io.BytesIO()
+    with style():
+        fig.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None},
+                    bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
 
 
 def save(fig, folder: Path, name: str) -> Path:
