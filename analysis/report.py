@@ -21,7 +21,7 @@ import pandas as pd
 
 from analysis import figures, findings, paper, render, tables
 from analysis.collect import COMPLETED, Results, ResultsError, collect, experiment_name
-from analysis.style import atomic_write, data_label, is_fake, save
+from analysis.style import atomic_write, data_label, is_fake, png_bytes, save
 
 
 def _ms(mean, std, n) -> str:
@@ -41,6 +41,17 @@ def _count(x) -> str:
 
 def _mega(x) -> str:
     return _num(x / 1e6 if x is not None and pd.notna(x) else None, "{:.2f}M")
+
+
+def _duration(seconds) -> str:
+    """'23.6 min' under an hour, '2:05 h' (h:mm) from an hour on, as the README quotes times."""
+    if seconds is None or pd.isna(seconds):
+        return ""
+    minutes = float(seconds) / 60
+    if round(minutes, 1) < 60:
+        return f"{minutes:.1f} min"
+    hours, rest = divmod(round(minutes), 60)
+    return f"{hours}:{rest:02d} h"
 
 
 def _net(arch, shortcut, depth) -> str:
@@ -126,7 +137,7 @@ def inventory_view(t: pd.DataFrame) -> pd.DataFrame:
         "final train err %": t["final_train_err"].map(_num),
         "final test err %": t["final_test_err"].map(_num),
         "best test err over training % (extra)": best,
-        "wall time s": t["wall_time_s"].map(lambda x: _num(x, "{:.0f}")), "note": t["note"]})
+        "wall time": t["wall_time_s"].map(_duration), "note": t["note"]})
 
 
 def problems(results: Results, inventory: pd.DataFrame) -> list[str]:
@@ -148,7 +159,8 @@ def build_blocks(results: Results, all_tables: dict, plots, pngs: dict, stamp: s
                ("callout", findings.headline(results, all_tables["verdict"], all_tables["abc_pairs"]))]
     lead = next((p for p in plots if p.figure is not None), None)  # the figure that shows the verdict
     if lead is not None:
-        blocks.append(("figure", lead.title, lead.caption, f"figures/{lead.name}.png", pngs[lead.name]))
+        blocks.append(("figure", lead.title, lead.caption, f"figures/{lead.name}.png",
+                       *pngs[lead.name]))
     blocks += [("h2", "Findings"), *[("p", s) for s in findings.findings(results, all_tables)],
                ("h2", "What degradation is"), ("p", findings.EXPLANATION), ("h2", "Figures")]
     for plot in plots:
@@ -158,7 +170,7 @@ def build_blocks(results: Results, all_tables: dict, plots, pngs: dict, stamp: s
             blocks.append(("p", f"{plot.title}: {plot.caption}"))
         else:
             blocks.append(("figure", plot.title, plot.caption, f"figures/{plot.name}.png",
-                           pngs[plot.name]))
+                           *pngs[plot.name]))
     blocks += [
         ("h2", "Tables"),
         ("table", verdicts_view(all_tables["verdicts"]),
@@ -180,8 +192,7 @@ def build_blocks(results: Results, all_tables: dict, plots, pngs: dict, stamp: s
     blocks += [("table", inventory_view(all_tables["inventory"]),
                 "Every run, including the missing and unfinished (tables/inventory.csv).")]
     blocks += [
-        ("h2", "Comparison with the paper"),
-        ("p", findings.budget_sentence(results)),
+        ("h2", "Comparison with the paper"),  # the budget caveat is said once, in Findings
         ("table", table6_view(all_tables["table6"]),
          f"Paper: {paper.CITATION}, {paper.TABLE6_SOURCE}; ResNet-110 is compared with the "
          "paper's mean of 5 runs (tables/table6.csv)."),
@@ -198,20 +209,24 @@ def _write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8", newline="\n"))
 
 
-def write_figures(results: Results) -> tuple[list, dict]:
+def write_figures(results: Results, phone: bool = True) -> tuple[list, dict]:
+    """Save every figure; return the plots and {name: (png bytes, phone-layout png bytes)}
+    (the phone layout, for the HTML only, unless phone=False)."""
     plots, pngs = figures.build_all(results), {}
+    narrow = {p.name: p for p in figures.build_all(results, narrow=True)} if phone else {}
     folder = results.root / "figures"
     for plot in plots:
         if plot.figure is None:  # a figure skipped now must not linger from an older run
             for ext in ("png", "svg"):
                 (folder / f"{plot.name}.{ext}").unlink(missing_ok=True)
         else:
-            pngs[plot.name] = save(plot.figure, folder, plot.name).read_bytes()
+            pngs[plot.name] = (save(plot.figure, folder, plot.name).read_bytes(),
+                               png_bytes(narrow[plot.name].figure) if phone else None)
     return plots, pngs
 
 
 def write_report(results: Results, figures_only: bool = False) -> list[Path]:
-    plots, pngs = write_figures(results)
+    plots, pngs = write_figures(results, phone=not figures_only)
     written = [results.root / "figures" / f"{name}.png" for name in pngs]
     if figures_only:
         return written
