@@ -471,6 +471,17 @@ def test_report_renders_in_headless_chromium_without_console_errors(built, tmp_p
             assert run.stdout.count('src="data:image/png;base64,') == len(FIGURES)
             assert "Degradation reproduced" in run.stdout
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10000
+    # At a phone's width nothing runs off the page (wide tables scroll in their own box) and
+    # every figure fits: measured by a copy of the page carrying a one-line probe script.
+    probe = tmp_path / "probe.html"
+    probe.write_text((built / "report.html").read_text().replace("</body>", (
+        "<script>const d = document.documentElement; document.body.dataset.fit = "
+        "[d.scrollWidth <= d.clientWidth, ...Array.from(document.images, i => "
+        "i.getBoundingClientRect().right <= d.clientWidth)].join()</script></body>")))
+    run = subprocess.run(common + ["--window-size=420,900", "--dump-dom", probe.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    fit = re.search(r'data-fit="([^"]*)"', run.stdout).group(1).split(",")
+    assert fit == ["true"] * (1 + len(FIGURES)), fit
 
 
 def _odd_sweep(root: Path, kind: str) -> None:
@@ -506,3 +517,193 @@ def test_image_folder_label_names_a_jpeg_copy_and_nothing_more_otherwise():
     assert data_label(runs(["../shared/data/cifar10-jpeg.tar.gz"])) == "CIFAR-10 (JPEG copy)"
     assert data_label(runs(["/data/cifar10-png"])) == "CIFAR-10 (image-folder copy)"
     assert data_label(runs(["/a/cifar-jpg", "/b/pngs"])) == "CIFAR-10 (image-folder copy)"
+
+
+# ---------------------------------------------------------------- one visual language, any screen
+
+def _depth_artists(fig):
+    """(depth, colour) of every artist a figure coloured by depth (gid "depth-<d>")."""
+    from matplotlib.collections import Collection
+    from matplotlib.colors import to_hex
+    from matplotlib.lines import Line2D
+    for artist in fig.findobj(lambda a: str(a.get_gid() or "").startswith("depth-")):
+        depth = int(artist.get_gid().split("-")[1])
+        if isinstance(artist, Line2D):  # its line and its markers
+            colours = [artist.get_color(), artist.get_markerfacecolor()]
+        elif isinstance(artist, Collection):  # a min-max band
+            colours = list(artist.get_facecolor())
+        else:  # a bar
+            colours = [artist.get_facecolor()]
+        yield from ((depth, to_hex(c)) for c in colours)
+
+
+@pytest.mark.parametrize("narrow", [False, True], ids=["desktop", "phone"])
+def test_a_depth_has_the_same_colour_in_every_figure(sweep, narrow):
+    from analysis import style
+    plots = figures.build_all(collect(sweep), narrow=narrow)
+    try:
+        seen: dict[int, set] = {}
+        per_figure = {}
+        for plot in plots:
+            pairs = list(_depth_artists(plot.figure))
+            per_figure[plot.name] = {d for d, _ in pairs}
+            for depth, colour in pairs:
+                seen.setdefault(depth, set()).add(colour)
+        # Every figure colours its series by depth (the bars too), never by architecture.
+        assert all(per_figure[name] for name in FIGURES), per_figure
+        assert {d: len(c) for d, c in seen.items()} == {d: 1 for d in seen}, seen
+        assert len({c for cs in seen.values() for c in cs}) == len(seen)  # depths apart
+        assert {d: c.pop() for d, c in seen.items()} == {
+            d: style.DEPTH_COLOURS[d] for d in (20, 32, 56, 110)}  # the fixed mapping
+        # Architecture is a line style and marker, the same wherever it appears.
+        resp = plots[FIGURES.index("responses")].figure.axes[0]
+        styles = {line.get_label(): (line.get_linestyle(), line.get_marker())
+                  for line in labelled(resp)}
+        assert styles["plain-56"] == styles["plain-20"] == ("--", "s")
+        assert styles["ResNet-56 (A)"] == styles["ResNet-110 (A)"] == ("-", "o")
+    finally:
+        plt.close("all")
+
+
+def _cie_lab(colour: str):
+    """CIELAB (D65) of an sRGB colour, for the distance between two colours as seen."""
+    import numpy as np
+    from matplotlib.colors import to_rgb
+    rgb = np.array(to_rgb(colour))
+    rgb = np.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+    xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722],
+                    [0.0193, 0.1192, 0.9505]]) @ rgb / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16 / 116)
+    return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+def test_depth_colours_are_distinct_fixed_and_independent_of_the_other_depths():
+    import itertools
+    import numpy as np
+    from analysis import style
+    fixed = (8, 14, 20, 32, 44, 56, 110, 1202)
+    alone, mixed = style.depth_colours([56]), style.depth_colours([*fixed, 26, 38, 200, 300])
+    assert alone[56] == mixed[56]  # which other depths exist changes nothing
+    assert len({mixed[d] for d in (*fixed, 26, 38, 200, 300)}) == len(fixed) + 4
+    # Far apart as seen (CIE76 ΔE > 35; the old palette's 32 and 56, two oranges, were 25.6).
+    gaps = {(a, b): np.linalg.norm(_cie_lab(mixed[a]) - _cie_lab(mixed[b]))
+            for a, b in itertools.combinations(fixed, 2)}
+    assert min(gaps.values()) > 35, min(gaps.items(), key=lambda kv: kv[1])
+    many = style.depth_colours(range(200, 240))  # more odd depths than spare colours
+    assert len(set(many.values())) == len(many)
+
+
+def _outside(ax) -> list:
+    """Every plotted data point (lines, bands, bars, error bars) outside the axes' limits."""
+    import numpy as np
+    from matplotlib.collections import LineCollection, PolyCollection
+    (x0, x1), (y0, y1) = sorted(ax.get_xlim()), sorted(ax.get_ylim())
+    points = [line.get_xydata() for line in ax.get_lines()
+              if len(line.get_xdata()) and line.get_transform() == ax.transData]
+    points += [np.asarray(s).reshape(-1, 2) for c in ax.collections
+               if isinstance(c, LineCollection) for s in c.get_segments()]
+    points += [p.vertices for c in ax.collections if isinstance(c, PolyCollection)
+               for p in c.get_paths()]
+    points += [np.array([[b.get_x(), b.get_height()]]) for b in ax.patches
+               if np.isfinite(b.get_height())]
+    xy = np.concatenate(points) if points else np.empty((0, 2))
+    xy = xy[np.isfinite(xy).all(axis=1)]
+    bad = (xy[:, 0] < x0) | (xy[:, 0] > x1) | (xy[:, 1] < y0) | (xy[:, 1] > y1)
+    return xy[bad].tolist()
+
+
+@pytest.mark.parametrize("narrow", [False, True], ids=["desktop", "phone"])
+def test_no_axis_limit_crops_a_plotted_point(sweep, tmp_path, narrow):
+    # The sweep's curves fall from 90% to ~10%: a y-limit fitted to the final errors (as
+    # before) cut off every early point. The smoke-like run ends at 0% error.
+    write_run(tmp_path, "plain", 8, iterations=800, train_err=0.0, test_err=0.0,
+              data_source="fake")
+    write_run(tmp_path, "resnet", 8, iterations=800, train_err=12.0, test_err=0.0,
+              data_source="fake")
+    try:
+        for folder in (sweep, tmp_path):
+            for plot in figures.build_all(collect(folder), narrow=narrow):
+                if plot.figure is None:
+                    continue
+                plot.figure.canvas.draw()  # limits as they will be saved
+                for ax in plot.figure.axes:
+                    assert _outside(ax) == [], (folder.name, plot.name, ax.get_title())
+    finally:
+        plt.close("all")
+
+
+def test_layer_responses_use_a_log_scale_and_say_what_they_measure(sweep):
+    plots = {p.name: p for p in figures.build_all(collect(sweep))}
+    try:
+        top, bottom = plots["responses"].figure.axes
+        assert top.get_yscale() == bottom.get_yscale() == "log"
+        caption = plots["responses"].caption
+        assert "pooled over every image, channel and position of the test set" in caption
+        assert "the paper's measure" in caption and "log scale" in caption
+        # The lr legend names every net drawn (each line belongs to one) and what the
+        # styles mean; the caption says it in words.
+        (lr,) = plots["lr_schedule"].figure.axes
+        legend = [t.get_text() for t in lr.get_legend().get_texts()]
+        nets = {line.get_label().rsplit("/", 1)[0] for line in labelled(lr)}
+        assert len(legend) == len(nets) == 8  # plain 20 56, A 20 32 56 110, B 20, C 20
+        assert "plain-20 (3 seeds)" in legend and "ResNet-110 (A) (1 seed)" in legend
+        assert "dashed with squares: plain" in plots["lr_schedule"].caption
+        assert "solid with circles: ResNet (option A)" in plots["lr_schedule"].caption
+    finally:
+        plt.close("all")
+
+
+def test_render_gives_a_callout_in_both_outputs_and_phone_ready_html():
+    import pandas as pd
+    from analysis import render
+    blocks = [("title", "T"), ("callout", "Degradation reproduced: +4.00 <points>"),
+              ("table", pd.DataFrame({"a": [1], "b": ["x"]}), "cap"), ("kv", [("k", "v")]),
+              ("figure", "F", "c", "figures/f.png", b"wide", b"narrow"),
+              ("figure", "G", "c", "figures/g.png", b"wide")]
+    md = render.to_markdown(blocks)
+    assert "\n> **Degradation reproduced: +4.00 <points>**\n" in md
+    page = render.to_html(blocks, "T")
+    assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in page
+    assert '<p class="callout" role="note">Degradation reproduced: +4.00 &lt;points&gt;</p>' in page
+    assert page.count("<table") == page.count('<div class="table-wrap">\n<table') == 2
+    assert re.search(r"\.table-wrap \{[^}]*overflow-x: auto", page)
+    assert re.search(r"\.callout \{[^}]*border-left", page)  # a visible box, not a paragraph
+    # The phone layout of a figure is picked by the browser on narrow screens, when there is one.
+    assert page.count("<picture>") == 1 and page.count('<source media="(max-width: 640px)"') == 1
+
+
+def test_report_leads_with_the_verdict_then_its_figure(built):
+    md = (built / "report.md").read_text()
+    verdict = ("> **Degradation reproduced: the plain penalty (+4.00 points) is positive and "
+               "larger than the residual one (-2.00 points).**")
+    assert md.index(verdict) < md.index("![Error during training") < md.index("## Findings")
+    assert md.count("![Error during training") == 1
+    page = (built / "report.html").read_text()
+    body = page[page.index("<body>"):]
+    callout = body.index('class="callout"')
+    assert callout < body.index("<figure>") < body.index("<h2>Findings</h2>")
+    assert body.count("<picture>") == len(FIGURES)  # each with its phone layout
+    assert '<meta name="viewport"' in page
+    assert page.count("<table") == page.count('<div class="table-wrap">')
+
+
+def test_report_says_times_in_minutes_the_budget_once_and_table3_only_for_an_ablation(
+        built, tmp_path):
+    md = (built / "report.md").read_text()
+    assert md.count("Runs planned 2,000 iterations") == 1  # the budget caveat, once
+    assert "| wall time |" in md.replace("| wall time | note |", "| wall time |")
+    assert "| 16.7 min |" in md  # 1000 s, as the README quotes times
+    assert "Table 3" in md and "ImageNet" in md  # options A/B/C are compared here
+    inventory = (built / "tables" / "inventory.csv").read_text().splitlines()
+    assert "wall_time_s" in inventory[0].split(",")  # the CSV keeps seconds, a number
+    write_run(tmp_path, "plain", 20, iterations=800)
+    write_run(tmp_path, "resnet", 20, iterations=800)
+    assert report.main(["--results", str(tmp_path)]) == 0
+    assert "ImageNet" not in (tmp_path / "report.md").read_text()  # no ablation, no Table 3
+
+
+@pytest.mark.parametrize("seconds, text", [(1416, "23.6 min"), (59.9 * 60, "59.9 min"),
+                                           (3597, "1:00 h"), (7500, "2:05 h"),
+                                           (float("nan"), ""), (None, "")])
+def test_wall_times_read_in_minutes_or_hours(seconds, text):
+    assert report._duration(seconds) == text
