@@ -283,6 +283,9 @@ def test_preact_runs_get_their_own_panels_and_labels(tmp_path):
     curves = plots["curves"].figure
     assert [ax.get_title() for ax in curves.axes] == ["ResNet (option A)", "pre-act ResNet (option A)"]
     labels = [line.get_label() for line in plots["responses"].figure.axes[0].lines]
-    assert {"preact-20-A", "preact-56-A", "resnet-20-A", "resnet-56-A"} <= set(labels)
+    assert {"pre-act ResNet-20 (A)", "pre-act ResNet-56 (A)", "ResNet-20 (A)",
+            "ResNet-56 (A)"} <= set(labels)
+    styles = {line.get_label(): line.get_linestyle() for line in plots["responses"].figure.axes[0].lines}
+    assert styles["pre-act ResNet-56 (A)"] == "-." and styles["ResNet-56 (A)"] == "-"  # told apart
     assert "pre-activation" in plots["responses"].caption
     assert plots["lr_schedule"].figure is not None
