@@ -673,11 +673,12 @@ def test_render_gives_a_callout_in_both_outputs_and_phone_ready_html():
 
 
 def test_report_leads_with_the_verdict_then_its_figure(built):
-    md = (built / "report.md").read_text()
-    verdict = ("> **Degradation reproduced: the plain penalty (+4.00 points) is positive and "
-               "larger than the residual one (-2.00 points).**")
-    assert md.index(verdict) < md.index("![Error during training") < md.index("## Findings")
-    assert md.count("![Error during training") == 1
+    blocks = (built / "report.md").read_text().split("\n\n")
+    callout = next(i for i, b in enumerate(blocks) if b.startswith("> **Degradation reproduced"))
+    assert blocks[callout - 1] == "Data: CIFAR-10 (JPEG copy)."  # the top of the page
+    assert blocks[callout + 1].startswith("![Error during training")  # its figure at once
+    assert blocks[callout + 3] == "## Findings"  # after the figure's caption
+    assert sum(b.startswith("![Error during training") for b in blocks) == 1
     page = (built / "report.html").read_text()
     body = page[page.index("<body>"):]
     callout = body.index('class="callout"')
