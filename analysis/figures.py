@@ -96,7 +96,7 @@ def curves(results: Results, colours: dict, narrow: bool = False) -> Plot:
     """Paper Fig. 6: training (dashed) and test (solid) error against iterations."""
     panels, metrics, test = _panels(results), results.metrics, style.eval_name(results.runs)
     # The report's lead figure: on a phone both panels must fit under the headline.
-    fig, axes = _grid(len(panels), (5.2, 4.2), narrow, phone_height=2.6, sharey=True,
+    fig, axes = _grid(len(panels), (5.2, 4.2), narrow, phone_height=2.4, sharey=True,
                       layout="constrained")
     milestones = {m for ms in results.runs["milestones"] if isinstance(ms, list) for m in ms}
     drawn = []  # every plotted error value, so the y-limit can hold them all

@@ -38,7 +38,7 @@ figcaption, .caption { color: #555; font-size: 13px; }
            margin: 1em 0; font-size: 1.1em; font-weight: 600; }
 .stamp { color: #888; font-size: 12px; margin: 0.2em 0; }
 @media (max-width: 640px) { body { margin: 0.8em auto; font-size: 14px; }
-  h1 { font-size: 1.3em; } .callout { font-size: 1em; padding: 0.6em 0.8em; } }
+  h1 { font-size: 1.3em; } .callout { font-size: 0.93em; line-height: 1.4; padding: 0.5em 0.7em; } }
 """.strip()
 
 
