@@ -52,11 +52,11 @@ def budget_phrase(results: Results) -> str:
 def _claim_words(v: dict, arch: str) -> str:
     """'yes in 2 of 2 paired seeds: plain-56 − plain-20 = +34.10 ± 1.20 points, 95 % CI [...], n=2'."""
     c, p = v[arch], v[arch]["paired"]
-    option = "" if arch == "plain" else f" ({v['shortcut']})"
-    diff = (f"{net_name(arch, v['deep'])}{option} − {net_name(arch, v['shallow'])}{option} final training "
-            f"error {stats.interval_text(p)}")
+    option = "" if arch == "plain" else f", option {v['shortcut']}"
+    diff = (f"{net_name(arch, v['deep'])} − {net_name(arch, v['shallow'])}{option}: final training error "
+            f"{stats.interval_text(p)}")
     state = {
-        "shown": f"yes, in {p.n} of {p.n} paired seeds, and the seeds resolve it at 95 %",
+        "shown": f"yes, in {p.n} of {p.n} paired seeds (resolved at 95 %)",
         "consistent": f"yes in {p.n} of {p.n} paired seeds, but their 95 % interval includes zero",
         "one seed": "suggested by a single seed (spread unknown)",
         "mixed": f"not settled: {p.agreeing(c['sign'])} of {p.n} paired seeds agree",

@@ -311,7 +311,7 @@ def test_one_shortcut_option_skips_the_ablation_and_says_so(tmp_path):
 def test_report_states_findings_computed_from_the_data(built):
     md = (built / "report.md").read_text()
     assert ("Degradation reproduced (CIFAR-10 (JPEG copy), at 2,000 iterations). Deeper plain nets "
-            "train worse: yes, in 3 of 3 paired seeds, and the seeds resolve it at 95 % (plain-56 − plain-20 final "
+            "train worse: yes, in 3 of 3 paired seeds (resolved at 95 %) (plain-56 − plain-20: final "
             "training error +4.00 ± 0.00 points") in md
     assert "Deeper residual nets train better: yes, in 3 of 3 paired seeds" in md
     assert md.index("> **Degradation reproduced") < md.index("![")  # the callout first, then the figure
