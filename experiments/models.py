@@ -1,17 +1,14 @@
-"""The CIFAR-10 networks of He et al. 2016, Sec. 4.2: plain and residual nets of depth 6n+2.
+"""The networks of He et al. 2016: the CIFAR-10 plain and residual nets of Sec. 4.2 (depth 6n+2)
+and beyond them, built the way torchvision's resnet.py is (one stage builder, one init).
 
 Plain and residual nets are built from the same blocks; the only difference is whether a
 block adds a shortcut (Sec. 3.3 options A/B/C) before its final ReLU. So a plain net and a
-residual net with option A have exactly the same layers and parameters.
-
-Beyond the paper's CIFAR family (`plain`, `resnet`, depth 6n+2):
-- `preact`: the pre-activation residual net of He et al. 2016b ("Identity Mappings in Deep
-  Residual Networks") at any 6n+2 depth: BN-ReLU-conv, BN-ReLU-conv, a clean identity shortcut,
-  a final BN-ReLU before the pooling.
-- the ImageNet-style family `resnet18/34/50/101/152` (paper Table 1; BasicBlock or Bottleneck,
-  stride on the 3x3 conv as torchvision v1.5) and their plain twins `plain18 ... plain152`,
-  with a CIFAR stem (3x3 conv, stride 1, no max-pool) or `stem="imagenet"` (7x7/2 conv + BN +
-  ReLU + 3x3/2 max-pool). With 1000 classes and the ImageNet stem the parameter counts equal
+residual net with option A have exactly the same layers and parameters. Beyond the paper's
+CIFAR family (`plain`, `resnet`):
+- `preact`: the pre-activation net of He et al. 2016b ("Identity Mappings"), any 6n+2 depth.
+- `resnet18/34/50/101/152` (paper Table 1; BasicBlock or Bottleneck, stride on the 3x3 conv as
+  torchvision v1.5) and their plain twins `plain18 ... plain152`, with a CIFAR stem (3x3 conv,
+  no max-pool) or `stem="imagenet"`; with 1000 classes and that stem the parameter counts equal
   torchvision's resnet18..152 exactly.
 Every net is named by a family kind ('plain' | 'resnet' | 'preact', see `arch_kind`), which is
 what run folders and the analysis group by.
@@ -21,8 +18,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
-CIFAR_ARCHS = ("plain", "resnet", "preact")  # depth 6n+2, base width 16
+CIFAR_ARCHS = ("plain", "resnet", "preact")  # depth 6n+2
 # ImageNet-style nets (paper Table 1): name -> (block, blocks per stage). Depth = the name's number.
 ZOO = {
     "resnet18": ("basic", (2, 2, 2, 2)), "resnet34": ("basic", (3, 4, 6, 3)),
@@ -33,8 +31,9 @@ ZOO.update({"plain" + name[6:]: spec for name, spec in list(ZOO.items())})  # pl
 ARCHS = CIFAR_ARCHS + tuple(ZOO)
 SHORTCUTS = ("A", "B", "C")
 STEMS = ("cifar", "imagenet")
-STAGE_WIDTHS = (1, 2, 4)  # 16, 32, 64 filters for the paper's base width of 16
-ZOO_WIDTHS = (64, 128, 256, 512)  # bottleneck widths; Bottleneck outputs 4x these
+# Filters of the first stage (stem included); each later stage doubles them. 16 is the paper's
+# CIFAR net (16/32/64, Sec. 4.2), 64 its Table 1 nets (64/128/256/512, x4 out for Bottleneck).
+DEFAULT_WIDTH = {"cifar": 16, "zoo": 64}
 
 
 def blocks_per_stage(depth: int) -> int:
@@ -86,6 +85,8 @@ def make_shortcut(shortcut: str | None, in_ch: int, out_ch: int, stride: int) ->
 class BasicBlock(nn.Module):
     """Two 3x3 conv-BN layers; y = relu(bn(conv(relu(bn(conv(x))))) + shortcut(x))."""
 
+    expansion = 1  # output channels per unit of stage width (torchvision's name)
+
     def __init__(self, in_ch: int, out_ch: int, stride: int, shortcut: str | None):
         super().__init__()
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
@@ -100,100 +101,6 @@ class BasicBlock(nn.Module):
         if self.shortcut is not None:
             out = out + self.shortcut(x)
         return F.relu(out)
-
-
-class CifarNet(nn.Module):
-    """3x3 conv stem, three stages of n blocks at 16/32/64 filters, global pool, FC."""
-
-    def __init__(self, n: int, shortcut: str | None, num_classes: int = 10, width: int = 16):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, width, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        stages, in_ch = [], width
-        for i, mult in enumerate(STAGE_WIDTHS):
-            blocks = []
-            for j in range(n):
-                stride = 2 if i > 0 and j == 0 else 1  # subsample at the first conv of stages 2, 3
-                blocks.append(BasicBlock(in_ch, width * mult, stride, shortcut))
-                in_ch = width * mult
-            stages.append(nn.Sequential(*blocks))
-        self.layer1, self.layer2, self.layer3 = stages
-        self.fc = nn.Linear(in_ch, num_classes)
-        for m in self.modules():  # He initialisation (paper ref. [13]), as torchvision does it
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
-
-
-def _he_init(model: nn.Module) -> None:
-    """He initialisation (paper ref. [13]), as torchvision does it."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-
-class PreActBlock(nn.Module):
-    """He et al. 2016b: y = x' + conv(relu(bn(conv(relu(bn(x)))))), no ReLU after the addition.
-
-    The identity shortcut x' is left clean: x itself (option A: x subsampled and zero-padded).
-    A projection shortcut (B where the shape changes, C everywhere) is a 1x1 conv, without BN,
-    applied to the pre-activated input relu(bn1(x)), as the authors' code does."""
-
-    def __init__(self, in_ch: int, out_ch: int, stride: int, shortcut: str):
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_ch)
-        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_ch)
-        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False)
-        reshapes = stride != 1 or in_ch != out_ch
-        self.projects = shortcut == "C" or (shortcut == "B" and reshapes)
-        self.shortcut = (nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False) if self.projects
-                         else make_shortcut("A", in_ch, out_ch, stride))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pre = F.relu(self.bn1(x))
-        out = self.conv2(F.relu(self.bn2(self.conv1(pre))))
-        return out + self.shortcut(pre if self.projects else x)
-
-
-class PreActCifarNet(nn.Module):
-    """The CIFAR net of Sec. 4.2 with pre-activation blocks: a bare 3x3 conv stem (the first
-    block's BN-ReLU follows it), 3n blocks at 16/32/64 filters, a final BN-ReLU, pool, FC.
-    With option A it has exactly the parameters of the original ResNet of the same depth."""
-
-    # The 'response' of a 3x3 layer (paper Fig. 7) is the conv's own output: no BN follows a conv
-    # here, and the second conv's output is exactly the residual function added to the stream.
-    response_is_conv_output = True
-
-    def __init__(self, n: int, shortcut: str, num_classes: int = 10, width: int = 16):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, width, 3, padding=1, bias=False)
-        stages, in_ch = [], width
-        for i, mult in enumerate(STAGE_WIDTHS):
-            blocks = []
-            for j in range(n):
-                blocks.append(PreActBlock(in_ch, width * mult, 2 if i > 0 and j == 0 else 1, shortcut))
-                in_ch = width * mult
-            stages.append(nn.Sequential(*blocks))
-        self.layer1, self.layer2, self.layer3 = stages
-        self.bn_final = nn.BatchNorm2d(in_ch)
-        self.fc = nn.Linear(in_ch, num_classes)
-        _he_init(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.layer3(self.layer2(self.layer1(self.conv1(x))))
-        x = F.relu(self.bn_final(x))
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
 class Bottleneck(nn.Module):
@@ -222,37 +129,110 @@ class Bottleneck(nn.Module):
         return F.relu(out)
 
 
-class ImageNetStyleNet(nn.Module):
-    """Paper Table 1 (and torchvision's ResNet): a stem, four stages at 64/128/256/512 (x4 for
-    Bottleneck) with strides 1, 2, 2, 2, global pool, FC. `shortcut=None` is the plain twin."""
+class PreActBlock(nn.Module):
+    """He et al. 2016b: y = x' + conv(relu(bn(conv(relu(bn(x)))))), no ReLU after the addition.
 
-    def __init__(self, block: str, layers: tuple[int, ...], shortcut: str | None, num_classes: int = 1000,
-                 stem: str = "cifar"):
+    The identity shortcut x' is left clean: x itself (option A: x subsampled and zero-padded).
+    A projection shortcut (B where the shape changes, C everywhere) is a 1x1 conv, without BN,
+    applied to the pre-activated input relu(bn1(x)), as the authors' code does."""
+
+    expansion = 1
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, shortcut: str):
         super().__init__()
-        if stem == "imagenet":  # 7x7/2 conv, 3x3/2 max-pool: 224 -> 56
-            self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False)
+        reshapes = stride != 1 or in_ch != out_ch
+        self.projects = shortcut == "C" or (shortcut == "B" and reshapes)
+        self.shortcut = (nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False) if self.projects
+                         else make_shortcut("A", in_ch, out_ch, stride))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = F.relu(self.bn1(x))
+        out = self.conv2(F.relu(self.bn2(self.conv1(pre))))
+        return out + self.shortcut(pre if self.projects else x)
+
+
+Block = type[BasicBlock] | type[Bottleneck] | type[PreActBlock]
+
+
+def make_stages(net: nn.Module, block: Block, in_ch: int, width: int, layers: tuple[int, ...],
+                shortcut: str | None) -> int:
+    """Adds the stages as net.layer1, net.layer2, ... (torchvision's `_make_layer`): stage i has
+    layers[i] blocks at width * 2**i filters (x block.expansion out); the first block of every
+    stage but the first subsamples by 2 (paper Sec. 3.4 and 4.2). Returns the output channels."""
+    for i, n in enumerate(layers):
+        planes, blocks = width * 2 ** i, []
+        for j in range(n):
+            blocks.append(block(in_ch, planes, 2 if i > 0 and j == 0 else 1, shortcut))
+            in_ch = planes * block.expansion
+        setattr(net, f"layer{i + 1}", nn.Sequential(*blocks))
+    return in_ch
+
+
+def he_init(net: nn.Module) -> None:
+    """He initialisation (paper ref. [13]) of every conv, BN as identity; as torchvision does it."""
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}  # ZOO's block names
+
+
+class ResNet(nn.Module):
+    """Post-activation nets, residual or plain (`shortcut=None`): a conv-BN-ReLU stem, stages of
+    blocks (make_stages), global average pool, FC. The paper's CIFAR net (Sec. 4.2) is
+    BasicBlock x (n, n, n) at width 16 with the 3x3 stem; paper Table 1 / torchvision's ResNet is
+    BasicBlock or Bottleneck x 4 stages at width 64, with the 3x3 stem for 32x32 inputs or the
+    7x7/2 conv + 3x3/2 max-pool ImageNet stem (224 -> 56)."""
+
+    def __init__(self, block: Block, layers: tuple[int, ...], shortcut: str | None, num_classes: int,
+                 width: int, stem: str = "cifar"):
+        super().__init__()
+        if stem == "imagenet":
+            self.conv1 = nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False)
             self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        else:  # CIFAR: 3x3/1 conv, no pooling, so 32x32 inputs keep 32/16/8/4 maps
-            self.conv1 = nn.Conv2d(3, 64, 3, padding=1, bias=False)
+        else:
+            self.conv1 = nn.Conv2d(3, width, 3, padding=1, bias=False)
             self.maxpool = nn.Identity()
-        self.bn1 = nn.BatchNorm2d(64)
-        make = BasicBlock if block == "basic" else Bottleneck
-        expansion = 1 if block == "basic" else Bottleneck.expansion
-        in_ch, stages = 64, []
-        for i, (planes, n) in enumerate(zip(ZOO_WIDTHS, layers)):
-            blocks = []
-            for j in range(n):
-                stride = 2 if i > 0 and j == 0 else 1
-                blocks.append(make(in_ch, planes, stride, shortcut))
-                in_ch = planes * expansion
-            stages.append(nn.Sequential(*blocks))
-        self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.fc = nn.Linear(in_ch, num_classes)
-        _he_init(self)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.stages = len(layers)
+        self.fc = nn.Linear(make_stages(self, block, width, width, layers, shortcut), num_classes)
+        he_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        for i in range(self.stages):
+            x = getattr(self, f"layer{i + 1}")(x)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class PreActCifarNet(nn.Module):
+    """The CIFAR net of Sec. 4.2 with pre-activation blocks: a bare 3x3 conv stem (the first
+    block's BN-ReLU follows it), 3n blocks at 16/32/64 filters, a final BN-ReLU, pool, FC.
+    With option A it has exactly the parameters of the original ResNet of the same depth."""
+
+    # The 'response' of a 3x3 layer (paper Fig. 7) is the conv's own output: no BN follows a conv
+    # here, and the second conv's output is exactly the residual function added to the stream.
+    response_is_conv_output = True
+
+    def __init__(self, n: int, shortcut: str, num_classes: int = 10, width: int = 16):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, 3, padding=1, bias=False)
+        out_ch = make_stages(self, PreActBlock, width, width, (n, n, n), shortcut)
+        self.bn_final = nn.BatchNorm2d(out_ch)
+        self.fc = nn.Linear(out_ch, num_classes)
+        he_init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer3(self.layer2(self.layer1(self.conv1(x))))
+        x = F.relu(self.bn_final(x))
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
@@ -287,20 +267,21 @@ def block_name(arch: str) -> str:
 
 def build_model(
     arch: str, depth: int | None = None, shortcut: str | None = None, num_classes: int = 10,
-    width: int = 16, stem: str = "cifar",
+    width: int | None = None, stem: str = "cifar",
 ) -> nn.Module:
     """A net by name. `arch` is 'plain' | 'resnet' | 'preact' (the CIFAR family, `depth` = 6n+2
-    required, `width` = filters of the first stage) or one of resnet18/34/50/101/152 and
-    plain18 ... plain152 (`depth` implied by the name: omit it or give the same number; `width`
-    is ignored). `shortcut` None means the family's default (`default_shortcut`); it is ignored
-    for plain nets. `stem` 'imagenet' (7x7/2 conv + 3x3/2 max-pool) exists for the
-    ImageNet-style nets only."""
+    required) or one of resnet18/34/50/101/152 and plain18 ... plain152 (`depth` implied by the
+    name: omit it or give the same number). `width` is the filters of the first stage, doubled
+    per stage; None means the paper's (16 for the CIFAR family, 64 for the others). `shortcut`
+    None means the family's default (`default_shortcut`); it is ignored for plain nets. `stem`
+    'imagenet' (7x7/2 conv + 3x3/2 max-pool) exists for the ImageNet-style nets only."""
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
     kind = arch_kind(arch)
     shortcut = default_shortcut(arch) if shortcut is None else shortcut
     if kind != "plain" and shortcut not in SHORTCUTS:
         raise ValueError(f"unknown shortcut option {shortcut!r}; choose one of {', '.join(SHORTCUTS)}")
+    width = DEFAULT_WIDTH["zoo" if arch in ZOO else "cifar"] if width is None else width
     if not isinstance(width, int) or width < 1 or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"width ({width!r}) and num_classes ({num_classes!r}) must be positive integers")
     if stem not in STEMS:
@@ -311,7 +292,7 @@ def build_model(
         if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth != implied):
             raise ValueError(f"{arch} has depth {implied}, got depth={depth!r}; omit depth or set it to {implied}")
         block, layers = ZOO[arch]
-        return ImageNetStyleNet(block, layers, shortcut, num_classes, stem)
+        return ResNet(BLOCKS[block], layers, shortcut, num_classes, width, stem)
     if stem != "cifar":
         raise ValueError(f"stem {stem!r} exists for the ImageNet-style nets (resnet18 ...) only; "
                          f"{arch} has the paper's CIFAR stem")
@@ -320,7 +301,7 @@ def build_model(
     n = blocks_per_stage(depth)
     if arch == "preact":
         return PreActCifarNet(n, shortcut, num_classes, width)
-    return CifarNet(n, shortcut, num_classes, width)
+    return ResNet(BasicBlock, (n, n, n), shortcut, num_classes, width)
 
 
 def build_from_config(model_cfg, **kwargs) -> nn.Module:
@@ -369,30 +350,16 @@ def count_params(model: nn.Module) -> int:
 
 @torch.no_grad()
 def count_macs(model: nn.Module, input_size: tuple[int, int, int] = (3, 32, 32)) -> int:
-    """Multiply-accumulates of conv and linear layers for one image, measured by a forward
-    pass (BN, ReLU, pooling and the zero-pad shortcut are not counted, as in the paper)."""
-    macs = 0
-
-    def conv_hook(m: nn.Conv2d, _inp, out):
-        nonlocal macs
-        k = m.kernel_size[0] * m.kernel_size[1] * m.in_channels // m.groups
-        macs += out[0].numel() * k
-
-    def linear_hook(m: nn.Linear, _inp, out):
-        nonlocal macs
-        macs += out[0].numel() * m.in_features
-
-    handles = [
-        m.register_forward_hook(conv_hook if isinstance(m, nn.Conv2d) else linear_hook)
-        for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))
-    ]
+    """Multiply-accumulates for one image: half the FLOPs torch's FlopCounterMode counts in a
+    forward pass (2 per MAC of conv and matmul; it counts neither BN, ReLU, pooling nor the
+    zero-pad shortcut, as the paper does not). Runs on the model's device, meta included, so
+    planning a sweep needs no accelerator."""
     was_training = model.training
+    p = next(model.parameters())
     try:
         model.eval()
-        p = next(model.parameters())
-        model(torch.zeros(1, *input_size, device=p.device, dtype=p.dtype))
+        with FlopCounterMode(display=False) as flops:
+            model(torch.zeros(1, *input_size, device=p.device, dtype=p.dtype))
     finally:
         model.train(was_training)
-        for h in handles:
-            h.remove()
-    return macs
+    return flops.get_total_flops() // 2

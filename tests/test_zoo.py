@@ -17,8 +17,8 @@ from experiments import sweep
 from experiments import train as train_mod
 from experiments.checks import ConfigError, check_config
 from experiments.models import (
-    ZOO, PreActBlock, PreActCifarNet, arch_kind, build_model, conv_layers, count_params, response_layers,
-    zoo_depth,
+    ZOO, PreActBlock, PreActCifarNet, arch_kind, build_from_config, build_model, conv_layers, count_params,
+    response_layers, zoo_depth,
 )
 from experiments.runfiles import run_name
 from helpers import REPO, run_folder, summary, tiny_cfg
@@ -80,6 +80,17 @@ def test_default_shortcuts_per_family():
     assert projection_params(on_meta("resnet", 20)) == 0  # CIFAR family: A
     assert projection_params(on_meta("preact", 20)) == 0
     assert count_params(on_meta("resnet", 20, "B")) == 269_722 + 2_752
+
+
+def test_width_sets_the_first_stage_of_every_family():
+    # the configs' `width` (64 for the ImageNet-style nets, as paper Table 1) doubles per stage
+    assert count_params(on_meta("resnet18", width=64)) == count_params(on_meta("resnet18"))
+    for args, width, out in ((("resnet18",), 32, 256), (("resnet50",), 32, 1024), (("plain34",), 8, 64),
+                             (("resnet", 20), 8, 32), (("preact", 20), 8, 32)):
+        model = on_meta(*args, width=width)
+        assert model.conv1.out_channels == width and model.fc.in_features == out, args
+        assert model.layer2[0].conv1.out_channels == 2 * width
+    assert count_params(on_meta("resnet18", width=32)) < count_params(on_meta("resnet18")) // 3
 
 
 # ---------------------------------------------------------------- errors
@@ -223,6 +234,10 @@ def test_every_model_config_composes_and_checks(name, tmp_path):
     assert cfg.model.arch == name and arch_kind(name) in ("plain", "resnet", "preact")
     if name in ZOO:
         assert cfg.model.stem == "cifar" and cfg.model.shortcut == ("none" if name.startswith("plain") else "B")
+        with torch.device("meta"):  # the config's width reaches the net: 64 as paper Table 1, or overridden
+            assert build_from_config(cfg.model).conv1.out_channels == cfg.model.width == 64
+            cfg.model.width = 16
+            assert build_from_config(cfg.model).conv1.out_channels == 16
 
 
 def test_new_experiments_use_the_paper_recipe():
