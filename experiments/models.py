@@ -18,7 +18,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 CIFAR_ARCHS = ("plain", "resnet", "preact")  # depth 6n+2
 # ImageNet-style nets (paper Table 1): name -> (block, blocks per stage). Depth = the name's number.
@@ -64,22 +63,17 @@ class ZeroPadShortcut(nn.Module):
         return F.pad(x, (0, 0, 0, 0, 0, self.extra)) if self.extra else x
 
 
-def projection(in_ch: int, out_ch: int, stride: int) -> nn.Sequential:
-    """Options B and C: 1x1 convolution + BN (Sec. 3.3, Eqn. 2)."""
-    return nn.Sequential(
-        nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch)
-    )
-
-
-def make_shortcut(shortcut: str | None, in_ch: int, out_ch: int, stride: int) -> nn.Module | None:
-    if shortcut is None:  # plain net: no shortcut path at all
+def make_shortcut(shortcut: str | None, in_ch: int, out_ch: int, stride: int, bn: bool = True) -> nn.Module | None:
+    """The shortcut of a block (Sec. 3.3): none in a plain net; a 1x1 conv projection (Eqn. 2)
+    for option C, and for B where the shape changes, followed by BN unless `bn` is False (the
+    pre-activation nets); otherwise the identity, zero-padded where the shape changes (A)."""
+    if shortcut is None:
         return None
     reshapes = stride != 1 or in_ch != out_ch
     if shortcut == "C" or (shortcut == "B" and reshapes):
-        return projection(in_ch, out_ch, stride)
-    if shortcut == "A" and reshapes:
-        return ZeroPadShortcut(in_ch, out_ch, stride)
-    return nn.Identity()
+        conv = nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False)
+        return nn.Sequential(conv, nn.BatchNorm2d(out_ch)) if bn else conv
+    return ZeroPadShortcut(in_ch, out_ch, stride) if reshapes else nn.Identity()
 
 
 class BasicBlock(nn.Module):
@@ -144,10 +138,8 @@ class PreActBlock(nn.Module):
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_ch)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False)
-        reshapes = stride != 1 or in_ch != out_ch
-        self.projects = shortcut == "C" or (shortcut == "B" and reshapes)
-        self.shortcut = (nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False) if self.projects
-                         else make_shortcut("A", in_ch, out_ch, stride))
+        self.shortcut = make_shortcut(shortcut, in_ch, out_ch, stride, bn=False)
+        self.projects = isinstance(self.shortcut, nn.Conv2d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = F.relu(self.bn1(x))
@@ -202,13 +194,13 @@ class ResNet(nn.Module):
             self.conv1 = nn.Conv2d(3, width, 3, padding=1, bias=False)
             self.maxpool = nn.Identity()
         self.bn1 = nn.BatchNorm2d(width)
-        self.stages = len(layers)
+        self.num_stages = len(layers)
         self.fc = nn.Linear(make_stages(self, block, width, width, layers, shortcut), num_classes)
         he_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
-        for i in range(self.stages):
+        for i in range(self.num_stages):
             x = getattr(self, f"layer{i + 1}")(x)
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
@@ -354,6 +346,8 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int] = (3, 32, 32))
     forward pass (2 per MAC of conv and matmul; it counts neither BN, ReLU, pooling nor the
     zero-pad shortcut, as the paper does not). Runs on the model's device, meta included, so
     planning a sweep needs no accelerator."""
+    from torch.utils.flop_counter import FlopCounterMode  # here, not on top: it loads torch._dynamo (seconds)
+
     was_training = model.training
     p = next(model.parameters())
     try:
