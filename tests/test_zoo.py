@@ -258,7 +258,7 @@ def test_new_experiments_expand_to_exactly_their_runs(exp, runs):
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         folders = []
         for overrides in sweep.expand(args):
-            cfg = compose("config", overrides=sweep.base_overrides(args) + overrides)
+            cfg = compose("config", overrides=overrides)
             check_config(cfg)
             folders.append(train_mod.folder_of(cfg).parent.name)
     assert sorted(folders) == runs
