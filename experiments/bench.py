@@ -33,12 +33,12 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from experiments.data import channel_stats
+from experiments import CONF
 from experiments.device import available_cores, cpu_name, cpu_supports_bf16
 from experiments.models import blocks_per_stage, build_model
 from experiments.runfiles import atomic_write_json
 from experiments.train import Trainer, git_commit
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 BATCH = 128          # the paper's mini-batch (Sec. 4.2)
 WINDOW_S = 2.0       # --iters auto: aim each timed window at about this long
 SEED = 0

@@ -18,17 +18,21 @@ from filelock import FileLock, Timeout
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from hydra.errors import OverrideParseException
 from omegaconf import OmegaConf
 
 from experiments.checks import ConfigError, check_config
-from experiments.device import available_cores, resolve_precision
+from experiments import CONF
+from experiments.data import DataError, DataUnavailable, prepare_source
+from experiments.device import available_cores, cpu_name, resolve_precision
 from experiments.models import build_from_config, count_macs
 from experiments.runfiles import FORMAT_VERSION, atomic_write_json, read_json, run_dir
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+SOURCE_TREE = Path(__file__).resolve().parents[1]  # the checkout this package runs from (if any)
 LAUNCHERS = ("basic", "joblib", "slurm", "local")  # Hydra launcher configs: built-in basic, joblib, conf/hydra/launcher/*
 # Training images/s per GMAC of forward work, measured on this project's machines; used only when
-# results/bench/latest.json has no figure for the device (see `make bench`).
+# no benchmark of a matching device is found (see `make bench` and bench_files).
 # (ResNet-56 at 0.125 GMAC: ~450 img/s bf16 on 2 EPYC cores; the H100 target is 25k img/s.)
 FALLBACK_GMAC_IMAGES_PER_S = {"cpu": 450 * 0.125, "cuda": 25_000 * 0.125}
 
@@ -53,6 +57,8 @@ def experiments() -> list[str]:
 
 
 def base_overrides(args) -> list[str]:
+    """What `make sweep` hands to Hydra, in order: its own choices, then ARGS (so hydra.launcher.* refines the
+    launcher), then SEEDS as a seed list unless ARGS names the seeds itself."""
     out = [f"experiment={args.exp}", f"results_dir={args.results}"]
     if args.data:
         out.append(f"data={args.data}")
@@ -64,37 +70,67 @@ def base_overrides(args) -> list[str]:
         out.append(f"hydra/launcher={args.launcher}")
     if args.launcher == "joblib":
         out.append(f"hydra.launcher.n_jobs={args.jobs}")
-    return out + list(args.overrides)
+    out += list(args.overrides)
+    if seeds_from_args(args) is None:
+        out.append(f"seed={','.join(str(s) for s in range(args.seeds))}")
+    return out
+
+
+def parse_overrides(overrides: list[str]) -> list[Override]:
+    try:
+        return OverridesParser.create().parse_overrides(list(overrides))
+    except OverrideParseException as e:
+        raise SweepError(f"ARGS: {str(e).splitlines()[0]}; write Hydra overrides as key=value (a,b for a sweep)") from None
+
+
+def seeds_from_args(args) -> str | None:
+    """The seed override in ARGS (e.g. `seed=3` or `seed=0,5`), which replaces SEEDS; None if ARGS has none."""
+    named = [o for o in parse_overrides(args.overrides) if o.get_key_element() == "seed"]
+    return named[-1].input_line if named else None
+
+
+def hydra_sweep(task_overrides: list[str]) -> list[list[str]]:
+    """The jobs Hydra's basic sweeper makes from these task overrides (the experiment's
+    hydra.sweeper.params first, then the command line's): the cartesian product of every comma list,
+    a later value of a key replacing an earlier one in place. Hydra's private API, used here only;
+    tests/test_sweep.py pins its behaviour."""
+    return BasicSweeper.split_arguments(parse_overrides(task_overrides), None)[0]
+
+
+def split_hydra(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """(hydra overrides: hydra.* and hydra/..., applied to every job; task overrides: what the sweeper combines)."""
+    parsed = parse_overrides(overrides)
+    return ([o.input_line for o in parsed if o.is_hydra_override()],
+            [o.input_line for o in parsed if not o.is_hydra_override()])
 
 
 def expand(args) -> list[list[str]]:
-    """Every run of the sweep as its list of overrides, in Hydra's order (call inside initialize)."""
-    cfg = compose("config", overrides=base_overrides(args), return_hydra_config=True)
-    params = dict(OmegaConf.to_container(cfg.hydra.sweeper.params or {}, resolve=False))
-    for override in args.overrides:  # as in Hydra, the command line wins over the experiment's params
-        key, _, value = override.partition("=")
-        if key in params:
-            params[key] = value
-    params["seed"] = ",".join(str(s) for s in range(args.seeds))
-    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
-    return BasicSweeper.split_arguments(parsed, None)[0]
+    """Every run of the sweep as the overrides that compose it, in Hydra's order (call inside initialize)."""
+    hydra_part, task = split_hydra(base_overrides(args))
+    fixed = [o.input_line for o in parse_overrides(task) if not o.is_sweep_override()]
+    cfg = compose("config", overrides=hydra_part + fixed, return_hydra_config=True)
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params or {}, resolve=False)
+    return [hydra_part + job for job in hydra_sweep([f"{k}={v}" for k, v in params.items()] + task)]
 
 
 def plan(args) -> list[PlannedRun]:
     runs = []
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        for sweep_overrides in expand(args):
-            cfg = compose("config", overrides=base_overrides(args) + sweep_overrides)
+        jobs = expand(args)
+        print(f"planning {len(jobs)} runs of {args.exp}: composing and checking each config, counting each "
+              f"model's MACs, reading each run folder's state", flush=True)
+        for overrides in jobs:
+            cfg = compose("config", overrides=overrides)
             try:
                 check_config(cfg)
             except ConfigError as e:
-                raise SweepError(f"{' '.join(sweep_overrides)}: {e}") from None
+                raise SweepError(f"run {cfg.model.arch}-{cfg.model.depth} seed={cfg.seed}: {e}") from None
             m = cfg.model
             folder = run_dir(cfg.results_dir, cfg.experiment_name, m.arch, m.depth, m.shortcut, cfg.seed)
             summary = read_json(folder / "summary.json")
             status = summary["status"] if summary and summary.get("status") in ("completed", "diverged") else (
                 "training" if locked_elsewhere(folder) else "partial" if (folder / "last.pt").exists() else "to do")
-            runs.append(PlannedRun(sweep_overrides, folder, status, cfg.schedule.iterations,
+            runs.append(PlannedRun(overrides, folder, status, cfg.schedule.iterations,
                                    cfg.schedule.iterations * cfg.optim.batch_size, _macs(m),
                                    resolve_precision(cfg.trainer.precision, _device_type())))
     return runs
@@ -110,13 +146,40 @@ def _macs(m) -> int:
     return _MAC_CACHE[key]
 
 
-def estimate_seconds(run: PlannedRun, device: str) -> float:
-    rate = FALLBACK_GMAC_IMAGES_PER_S[device]
-    bench = read_json(Path("results/bench/latest.json")) or {}
-    rows = [r for r in bench.get("rows", []) if r.get("device") == device and r.get("suite_images_per_s")
-            and r.get("precision") == run.precision]
-    if rows:  # images/s x GMAC of the benchmarked models at the run's precision, averaged
-        rate = sum(r["suite_images_per_s"] * r["macs"] / 1e9 for r in rows) / len(rows)
+def bench_files(results: str) -> list[Path]:
+    """Benchmarks to calibrate time estimates, best first: this results folder's `make bench`
+    (<results>/bench/latest.json), then committed ones (results/reference/bench/*.json) beside it and in
+    the suite's source tree."""
+    found = [Path(results) / "bench" / "latest.json", *sorted((Path(results) / "reference" / "bench").glob("*.json")),
+             *sorted((SOURCE_TREE / "results" / "reference" / "bench").glob("*.json"))]
+    return list(dict.fromkeys(p.resolve() for p in found if p.is_file()))
+
+
+def this_device() -> dict:
+    """What a benchmark must have run on to calibrate this machine: device type, name, CPU threads."""
+    if torch.cuda.is_available():
+        return {"device": "cuda", "device_name": torch.cuda.get_device_name(0)}
+    return {"device": "cpu", "device_name": cpu_name(), "threads": available_cores()}
+
+
+def calibration(results: str) -> tuple[dict, Path | None]:
+    """{precision: training GMAC x images/s} from the first benchmark of a matching device, and its file."""
+    here = this_device()
+    for path in bench_files(results):
+        bench = read_json(path) or {}
+        if any(bench.get(k) != v for k, v in here.items()):
+            continue
+        rates: dict[str, list[float]] = {}
+        for r in bench.get("rows", []):
+            if r.get("device") == here["device"] and r.get("suite_images_per_s") and r.get("macs"):
+                rates.setdefault(r["precision"], []).append(r["suite_images_per_s"] * r["macs"] / 1e9)
+        if rates:  # images/s x GMAC of the benchmarked models at each precision, averaged
+            return {p: sum(v) / len(v) for p, v in rates.items()}, path
+    return {}, None
+
+
+def estimate_seconds(run: PlannedRun, device: str, rates: dict) -> float:
+    rate = rates.get(run.precision, FALLBACK_GMAC_IMAGES_PER_S[device])
     return run.images * run.macs / 1e9 / rate
 
 
@@ -126,17 +189,28 @@ def _device_type() -> str:
 
 def print_plan(runs: list[PlannedRun], args) -> None:
     device = _device_type()
+    rates, bench = calibration(args.results)
     todo = [r for r in runs if r.status != "completed" and r.status != "diverged"]
     print(f"sweep {args.exp}: {len(runs)} runs, {len(runs) - len(todo)} done, {len(todo)} to train "
           f"(launcher {args.launcher}, jobs {args.jobs}, results {args.results})")
+    if seeds_from_args(args):
+        print(f"seeds from ARGS ({seeds_from_args(args)}) replace SEEDS={args.seeds}")
     total = 0.0
     for r in runs:
-        secs = estimate_seconds(r, device) if r in todo else 0.0
+        secs = estimate_seconds(r, device, rates) if r in todo else 0.0
         total += secs
         print(f"  {r.status:8s} {r.folder}  {r.iterations} it, {r.macs * r.images * 3 / 1e15:7.2f} PMAC"
-              + (f", ~{secs / 60:.0f} min" if secs else ""))
-    print(f"estimated time on {device} (one job at a time): ~{total / 60:.0f} min"
-          + (" (rough: run `make bench` to calibrate)" if not Path("results/bench/latest.json").exists() else ""))
+              + (f", {duration(secs)}" if secs else ""))
+    print(f"estimated time on {device} (one job at a time): {duration(total)}"
+          + (f" (calibrated by {_shown(bench)})" if bench else " (rough: no benchmark of this device; run `make bench`)"))
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(Path.cwd().resolve())) if path.is_relative_to(Path.cwd().resolve()) else str(path)
+
+
+def duration(seconds: float) -> str:
+    return f"~{seconds / 60:.0f} min" if seconds < 5400 else f"~{seconds / 3600:.1f} h"
 
 
 def write_plan(runs: list[PlannedRun], args) -> None:
@@ -144,8 +218,25 @@ def write_plan(runs: list[PlannedRun], args) -> None:
     ones that are missing, not only the ones that failed."""
     exp_dir = runs[0].folder.parents[2]
     atomic_write_json(exp_dir / "plan.json", {
-        "format_version": FORMAT_VERSION, "experiment": args.exp, "seeds": args.seeds,
+        "format_version": FORMAT_VERSION, "experiment": args.exp,
+        "seeds": len({r.folder.name for r in runs}),
         "runs": sorted(str(r.folder.relative_to(exp_dir)) for r in runs)})
+
+
+def check_data(args, runs: list[PlannedRun]) -> None:
+    """Before any run starts: the data source every run reads is there (the official archive downloaded
+    once, here). Offline, one line says what to do instead of each run failing in turn."""
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        data = compose("config", overrides=runs[0].overrides).data
+    try:
+        prepare_source(data)
+    except DataUnavailable as e:
+        raise SweepError(f"CIFAR-10 is not in {data.root}/ ({e.reason}); offline, train on an image-folder copy: "
+                         f"make sweep DATA=cifar10_folder DATA_ROOT=<folder or .tar.gz>, or download "
+                         f"cifar-10-python.tar.gz by hand from https://www.cs.toronto.edu/~kriz/cifar.html "
+                         f"into {data.root}/") from None
+    except DataError as e:
+        raise SweepError(str(e)) from None
 
 
 def locked_elsewhere(folder: Path) -> bool:
@@ -161,8 +252,7 @@ def locked_elsewhere(folder: Path) -> bool:
 
 
 def launch(args) -> int:
-    cmd = [sys.executable, "-m", "experiments.train", "--multirun", *base_overrides(args),
-           f"seed={','.join(str(s) for s in range(args.seeds))}"]
+    cmd = [sys.executable, "-m", "experiments.train", "--multirun", *base_overrides(args)]
     print("$ " + " ".join(cmd), flush=True)
     child = subprocess.Popen(cmd)
 
@@ -234,12 +324,13 @@ def main(argv=None) -> int:
     try:
         args = parse_args(argv)
         runs = plan(args)
+        print_plan(runs, args)
+        if args.dry_run:
+            return 0
+        check_data(args, runs)
     except SweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print_plan(runs, args)
-    if args.dry_run:
-        return 0
     write_plan(runs, args)
     rc = launch(args)
     code = report(runs)

@@ -1,3 +1,6 @@
+import json
+import re
+
 import pytest
 from hydra import compose, initialize_config_dir
 
@@ -124,3 +127,88 @@ def test_launcher_settings_can_be_refined_on_the_command_line(capsys):
     assert sweep.main(["--exp", "smoke", "--launcher", "slurm", "--dry-run", "hydra.launcher.partition=gpu",
                        "hydra.launcher.timeout_min=60"]) == 0
     assert "2 runs" in capsys.readouterr().out
+
+
+# -- ARGS: every Hydra override, as Hydra's own sweeper reads it ------------------------------------------
+
+def test_hydra_sweep_combines_overrides_as_hydras_basic_sweeper():
+    # Pins the private API sweep.hydra_sweep relies on: a product of the comma lists in first-seen key order,
+    # a later value of a key replacing the earlier one in place (the command line over the experiment's params).
+    jobs = sweep.hydra_sweep(["model=plain,resnet", "model.depth=20,56", "seed=0", "data=fake", "model.depth=8,14",
+                              "seed=3"])
+    assert jobs == [[f"model={m}", f"model.depth={d}", "seed=3", "data=fake"]
+                    for m in ("plain", "resnet") for d in (8, 14)]
+
+
+def test_args_comma_list_and_seed_are_swept_exactly_as_planned(tmp_path):
+    # The plan (this wrapper's expansion) and the runs Hydra trains are the same four folders.
+    done = smoke(tmp_path, "model.depth=8,14", "seed=3")
+    assert done.returncode == 0, done.stderr
+    assert "seeds from ARGS (seed=3) replace SEEDS=1" in done.stdout
+    planned_runs = {str(f.relative_to(tmp_path)) for f in (tmp_path / "smoke" / "runs").glob("*/*")}
+    assert planned_runs == {f"smoke/runs/{n}-{d}-{s}/seed=3" for n, s in (("plain", "none"), ("resnet", "A"))
+                            for d in (8, 14)}
+    assert all(summary(tmp_path / r)["status"] == "completed" for r in planned_runs)
+
+
+def test_seed_list_in_args_replaces_seeds():
+    runs = planned("smoke", 2, "seed=5,7")
+    assert sorted(r.folder.name for r in runs) == ["seed=5", "seed=5", "seed=7", "seed=7"]
+
+
+def test_experiment_without_dash_m_runs_its_whole_sweep(tmp_path):
+    done = cli("experiment=smoke", f"results_dir={tmp_path}")
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / "smoke" / "runs").iterdir()) == ["plain-8-none", "resnet-8-A"]
+
+
+def test_every_experiment_file_is_a_multirun():
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        for exp in sweep.experiments():
+            cfg = compose("config", overrides=[f"experiment={exp}"], return_hydra_config=True)
+            assert str(cfg.hydra.mode) == "RunMode.MULTIRUN", exp
+        assert compose("config", return_hydra_config=True).hydra.mode is None  # a single run stays single
+
+
+# -- offline: the data source is checked once, before any run ---------------------------------------------
+
+def test_offline_default_data_is_one_line_before_any_run(tmp_path, monkeypatch, capsys):
+    import torchvision.datasets
+
+    def offline(*_a, **_k):
+        raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "download", offline)  # what torchvision does offline
+    monkeypatch.chdir(tmp_path)
+    assert sweep.main(["--exp", "smoke", "--data", "cifar10", "--results", "out"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "DATA=cifar10_folder DATA_ROOT=" in err[0] and "by hand" in err[0]
+    assert list(tmp_path.iterdir()) == []  # no results, no empty data/ folder
+
+
+# -- time estimates: the run's precision, a benchmark of this device, found beside --results -----------------
+
+def test_estimates_use_a_matching_benchmark_beside_results(tmp_path, capsys):
+    rate = 100.0  # GMAC x images/s
+    row = {"device": "cpu", "precision": "fp32", "suite_images_per_s": rate / 0.5, "macs": 500_000_000}
+    bench = {**sweep.this_device(), "rows": [row]}
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "latest.json").write_text(json.dumps(bench))
+    args = sweep.parse_args(["--exp", "smoke", "--results", str(tmp_path), "trainer.precision=fp32"])
+    runs = sweep.plan(args)
+    rates, used = sweep.calibration(str(tmp_path))
+    assert used == (tmp_path / "bench" / "latest.json").resolve() and rates == {"fp32": rate}
+    assert sweep.estimate_seconds(runs[0], "cpu", rates) == pytest.approx(runs[0].images * runs[0].macs / 1e9 / rate)
+    # a benchmark of another machine is never used
+    (tmp_path / "bench" / "latest.json").write_text(json.dumps({**bench, "device_name": "Some Other CPU"}))
+    assert sweep.calibration(str(tmp_path))[1] != (tmp_path / "bench" / "latest.json").resolve()
+
+
+def test_degradation_estimate_agrees_with_the_readme(tmp_path, capsys, monkeypatch):
+    # On the machine of the committed benchmark, the dry run and README quote the same hours.
+    bench = json.loads(next((REPO / "results" / "reference" / "bench").glob("cpu-*.json")).read_text())
+    monkeypatch.setattr(sweep, "this_device", lambda: {k: bench[k] for k in ("device", "device_name", "threads")})
+    monkeypatch.setattr(sweep, "_device_type", lambda: "cpu")
+    assert sweep.main(["--exp", "degradation", "--results", str(tmp_path), "--dry-run"]) == 0
+    hours = re.search(r"one job at a time\): ~([\d.]+) h \(calibrated by", capsys.readouterr().out)
+    readme = re.search(r"~(\d+) h on the 2-core CPU \(fp32, from `make bench`", (REPO / "README.md").read_text())
+    assert hours and readme and round(float(hours.group(1))) == int(readme.group(1))
