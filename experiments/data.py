@@ -13,6 +13,7 @@ import hashlib
 import io
 import logging
 import os
+import shutil
 import sys
 import tarfile
 import tempfile
@@ -27,10 +28,16 @@ from filelock import FileLock
 from omegaconf import OmegaConf
 from PIL import Image
 
+from experiments import CONF
+
 log = logging.getLogger(__name__)
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SOURCES = ("cifar10", "cifar10_folder", "fake")
+# Training augmentation (data.augment). crop_flip is the paper's (Sec. 4.2: pad 4, random 32x32 crop, random
+# horizontal flip) and the default; a config.yaml recorded before the key existed means crop_flip.
+AUGMENTATIONS = ("crop_flip", "crop", "flip", "none")
+DEFAULT_AUGMENT = "crop_flip"
 SPLITS = ("test", "val")
 NORMALIZE = ("pixel_mean", "channel")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
@@ -42,6 +49,14 @@ FAKE_SEED = 1512
 
 class DataError(Exception):
     """A problem the user can fix; str(e) is one clear line (what is wrong, how to fix it)."""
+
+
+class DataUnavailable(DataError):
+    """The official archive is absent and was not downloaded (offline, or data.download=false); `reason` says why."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass
@@ -71,6 +86,8 @@ def validate_data_config(cfg) -> None:
         raise DataError(f"data.split must be 'test' or 'val', got {cfg.get('split')!r}")
     if cfg.get("normalize") not in NORMALIZE:
         raise DataError(f"data.normalize must be one of {', '.join(NORMALIZE)}, got {cfg.get('normalize')!r}")
+    if cfg.get("augment", DEFAULT_AUGMENT) not in AUGMENTATIONS:
+        raise DataError(f"data.augment must be one of {', '.join(AUGMENTATIONS)}, got {cfg.get('augment')!r}")
     subset = cfg.get("train_subset")
     if subset is not None and (isinstance(subset, bool) or not isinstance(subset, int) or subset <= 0):
         raise DataError(f"data.train_subset must be a positive integer or null, got {subset!r}")
@@ -125,14 +142,29 @@ def _official_ready(root: str, download: bool) -> None:
             raise DataError(f"corrupt CIFAR-10 archive {archive} (md5 mismatch, truncated or damaged); "
                             f"delete it, then {ways_out}")
     elif not download:
-        raise DataError(f"{missing}; data.download is false; {ways_out}")
+        raise DataUnavailable(f"{missing}; data.download is false; {ways_out}", "data.download is false")
     try:  # with a verified archive in place torchvision only extracts it; otherwise it downloads
         CIFAR10(root, train=True, download=True)
     except Exception as e:
         if os.path.isfile(archive) and not check_integrity(archive, CIFAR10.tgz_md5):
             os.remove(archive)  # a half-downloaded archive would only be reported as corrupt next time
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DataError(f"{missing}; download failed ({reason}); {ways_out}") from None
+        raise DataUnavailable(f"{missing}; download failed ({reason}); {ways_out}", f"download failed: {reason}") from None
+
+
+def prepare_source(cfg) -> None:
+    """Make the data source usable before a sweep starts its runs: the official archive is downloaded and
+    verified once, here, rather than by each run. Raises DataError; leaves no empty folder behind."""
+    if cfg.get("source") != "cifar10":
+        return  # the folder source is checked per run (validate_data_config); fake needs nothing
+    root = Path(cfg.root)
+    made = next((p for p in reversed([root, *root.parents]) if not p.exists()), None)
+    try:
+        _official_ready(str(root), bool(cfg.get("download")))
+    except DataError:
+        if made is not None and made.is_dir() and not any(made.rglob("*.*")):
+            shutil.rmtree(made, ignore_errors=True)
+        raise
 
 
 def _decode_official(root: str, download: bool, split: str):
@@ -423,13 +455,19 @@ def crop_flip(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: to
     return out * inside[:, None].to(out.dtype)
 
 
-def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 4, mode: str = DEFAULT_AUGMENT):
     """Batched pad-crop-flip of normalised NCHW float images (the paper's augmentation, Sec. 4.2): offsets
-    uniform in -pad..pad on each axis, horizontal flip with probability 0.5; padded pixels are 0.0."""
+    uniform in -pad..pad on each axis, horizontal flip with probability 0.5; padded pixels are 0.0.
+    mode crop or flip drops the other half; every mode draws the same numbers, so the crops of `crop`
+    are those of `crop_flip`."""
     n, dev = len(images), images.device
     dy = torch.randint(-pad, pad + 1, (n,), generator=generator, device=dev)
     dx = torch.randint(-pad, pad + 1, (n,), generator=generator, device=dev)
     flip = torch.randint(0, 2, (n,), generator=generator, device=dev).bool()
+    if mode == "flip":
+        dy, dx = dy.zero_(), dx.zero_()
+    elif mode == "crop":
+        flip = flip.zero_()
     return crop_flip(images, dy, dx, flip, pad)
 
 
@@ -444,7 +482,7 @@ class DeviceBatches:
     """The training and evaluation batches of one run, resident on `device` as uint8."""
 
     def __init__(self, data: CifarData, device: torch.device | str, batch_size: int, seed: int,
-                 augment: bool = True, channels_last: bool = False):
+                 augment: str = DEFAULT_AUGMENT, channels_last: bool = False):
         self.device = torch.device(device)
         self.train_images = data.train_images.to(self.device)
         self.train_labels = data.train_labels.to(self.device)
@@ -452,6 +490,8 @@ class DeviceBatches:
         self.eval_labels = data.eval_labels.to(self.device)
         self.mean = data.mean.to(self.device, torch.float32)
         self.std = data.std.to(self.device, torch.float32)
+        if augment not in AUGMENTATIONS:
+            raise DataError(f"data.augment must be one of {', '.join(AUGMENTATIONS)}, got {augment!r}")
         self.batch_size, self.seed, self.augment = batch_size, seed, augment
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.train_size = len(self.train_images)
@@ -478,8 +518,8 @@ class DeviceBatches:
             self._epoch = epoch
         idx = self._perm[step * self.batch_size:(step + 1) * self.batch_size]
         x = self._normalise(self.train_images[idx])
-        if self.augment:
-            x = augment(x, self._generator(_seed("augment", self.seed, iteration)))
+        if self.augment != "none":
+            x = augment(x, self._generator(_seed("augment", self.seed, iteration)), mode=self.augment)
             x = x.contiguous(memory_format=self.memory_format)
         return x, self.train_labels[idx]
 
@@ -516,7 +556,7 @@ def _describe(data: CifarData, seconds: float) -> str:
 def _main() -> None:
     import hydra
 
-    @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+    @hydra.main(config_path=str(CONF), config_name="config", version_base="1.3")
     def main(cfg) -> None:
         start = time.perf_counter()
         try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,8 +18,9 @@ import torch.nn.functional as F
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
+from experiments import CONF
 from experiments.checks import ConfigError, check_config
-from experiments.data import DataError, DeviceBatches, load_data
+from experiments.data import DEFAULT_AUGMENT, DataError, DeviceBatches, load_data
 from experiments.device import RunDevice, pick_device
 from experiments.faults import fault_point
 from experiments.models import (
@@ -36,7 +38,9 @@ from experiments.schedule import RUNNING_ERR_CHECK_EVERY, LrSchedule, RunningErr
 # Keys that change what a run computes; a resumed run must match them (the folder name
 # alone does not pin iterations, data or recipe).
 RESULT_KEYS = ("model", "optim", "schedule", "seed", "data.source", "data.split", "data.train_subset",
-               "data.normalize", "trainer.eval_every", "trainer.probes", "trainer.precision")
+               "data.normalize", "data.augment", "trainer.eval_every", "trainer.probes", "trainer.precision")
+# Result keys added after runs were recorded: a config.yaml without one recorded a run with this value.
+RESULT_KEY_DEFAULTS = {"data.augment": DEFAULT_AUGMENT}
 FINISHED = ("completed", "diverged")
 LOCK_WAIT_S = 2  # a run locked longer than this is being trained by another process: skip it
 
@@ -46,8 +50,8 @@ class Interrupted(Exception):
 
 
 def result_config(cfg: DictConfig) -> dict:
-    out = {k: OmegaConf.to_container(OmegaConf.select(cfg, k), resolve=True)
-           if OmegaConf.is_config(OmegaConf.select(cfg, k)) else OmegaConf.select(cfg, k) for k in RESULT_KEYS}
+    picked = {k: OmegaConf.select(cfg, k, default=RESULT_KEY_DEFAULTS.get(k)) for k in RESULT_KEYS}
+    out = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in picked.items()}
     # The schedule as it computes (milestones resolved; warm-up settings only where warm-up is on), so
     # a moved default (warmup_max_iters 4000 -> auto) cannot flag a finished run that never warmed up.
     try:
@@ -70,18 +74,22 @@ def folder_of(cfg: DictConfig) -> Path:
     return run_dir(cfg.results_dir, cfg.experiment_name, m.arch, m.depth, m.shortcut, cfg.seed)
 
 
-def _read_git_commit() -> str | None:
-    head = Path(__file__).resolve().parents[1] / ".git"
+def read_git_commit(folder: Path = Path(__file__).resolve().parents[1]) -> str | None:
+    """HEAD of the git checkout whose top is `folder` (this package's source tree), as `git rev-parse` sees it
+    (packed refs, worktrees, detached HEADs); None when `folder` is no checkout's top (e.g. a pip-installed
+    copy) or git is absent."""
     try:
-        ref = (head / "HEAD").read_text().strip()
-        if ref.startswith("ref: "):
-            ref = (head / ref[5:]).read_text().strip()
-        return ref
-    except OSError:
+        out = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], cwd=folder, capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
         return None
+    lines = out.stdout.split()
+    if out.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != Path(folder).resolve():
+        return None
+    return lines[1]
 
 
-_LOADED_COMMIT = _read_git_commit()  # the code this process runs, even if HEAD moves during a long sweep
+_LOADED_COMMIT = read_git_commit()  # the code this process runs, even if HEAD moves during a long sweep
 
 
 def git_commit() -> str | None:
@@ -178,6 +186,7 @@ class Trainer:
         self.model.to(self.dev.device, memory_format=self.dev.memory_format)
         self.data = load_data(cfg.data)
         self.batches = DeviceBatches(self.data, self.dev.device, cfg.optim.batch_size, cfg.seed,
+                                     augment=cfg.data.get("augment", DEFAULT_AUGMENT),
                                      channels_last=self.dev.channels_last)
         self.schedule = LrSchedule.from_config(cfg.optim, cfg.schedule, m.depth)
         # Weight decay on every parameter (BN affine and biases too): the paper says only "weight decay of
@@ -351,7 +360,7 @@ class Trainer:
         best = min(scored, key=lambda r: r["test_err"]) if scored else {}
         return base_summary(cfg) | {
             "status": "diverged" if bad_at is not None else "completed", "diverged_at": bad_at,
-            "data_source": self.data.source, "data_split": self.data.split, "eval_split": self.data.eval_split,
+            "data_source": self.data.source, "augment": self.batches.augment, "data_split": self.data.split, "eval_split": self.data.eval_split,
             "train_size": self.batches.train_size, "eval_size": len(self.data.eval_labels),
             "params": self.params, "macs": self.macs, "batch_size": cfg.optim.batch_size, "lr": cfg.optim.lr,
             "milestones": list(self.schedule.milestones), "gamma": self.schedule.gamma,
@@ -388,7 +397,7 @@ class Trainer:
             signal.signal(s, h)
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+@hydra.main(config_path=str(CONF), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> dict | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode

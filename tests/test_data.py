@@ -318,6 +318,31 @@ def test_crop_offsets_cover_minus4_to_4_uniformly_and_flip_half_the_time():
     assert abs(flipped.float().mean() - 0.5) < 0.03
 
 
+def test_augment_modes_draw_the_papers_numbers_and_keep_their_half():
+    x = torch.randn(64, 3, 32, 32)
+    gen = lambda: torch.Generator().manual_seed(7)  # noqa: E731
+    g = gen()  # the paper's default: the draws of the original pad-crop-flip, bit for bit
+    dy, dx = (torch.randint(-4, 5, (64,), generator=g) for _ in range(2))
+    flip = torch.randint(0, 2, (64,), generator=g).bool()
+    assert torch.equal(D.augment(x, gen()), D.crop_flip(x, dy, dx, flip))
+    assert torch.equal(D.augment(x, gen(), mode="crop"), D.crop_flip(x, dy, dx, torch.zeros_like(flip)))
+    flipped = D.augment(x, gen(), mode="flip")
+    assert torch.equal(flipped, torch.where(flip[:, None, None, None], x.flip(-1), x))
+
+
+def test_data_augment_none_trains_on_the_original_views_and_bad_values_are_refused():
+    data = D.load_data(OmegaConf.create({"source": "fake", "num_train": 64, "num_eval": 16, "split": "test",
+                                         "normalize": "pixel_mean", "cache_dir": "unused"}))
+    plain = D.DeviceBatches(data, "cpu", 16, seed=0, augment="none")
+    x, y = plain.train_batch(0)
+    idx = plain._perm[:16]
+    assert torch.equal(x, plain._normalise(plain.train_images[idx])) and torch.equal(y, plain.train_labels[idx])
+    assert not torch.equal(D.DeviceBatches(data, "cpu", 16, seed=0).train_batch(0)[0], x)
+    with pytest.raises(D.DataError, match="data.augment must be one of crop_flip, crop, flip, none"):
+        D.validate_data_config(OmegaConf.create({"source": "fake", "split": "test", "normalize": "pixel_mean",
+                                                 "augment": "mixup", "num_train": 64, "num_eval": 16}))
+
+
 def test_crop_identity_flip_and_zero_padding():
     x = torch.randn(3, 3, 32, 32)
     zero, no = torch.zeros(3, dtype=torch.long), torch.zeros(3, dtype=torch.bool)

@@ -1,6 +1,8 @@
 import json
 import os
+import shutil
 import signal
+import subprocess
 
 import pytest
 
@@ -13,7 +15,7 @@ ROW_FIELDS = {"format_version", "iter", "epoch", "lr", "warmup", "train_loss", "
               "test_err", "elapsed_s", "images_per_s"}
 SUMMARY_FIELDS = {"status", "arch", "depth", "shortcut", "seed", "data_source", "data_split", "params", "macs",
                   "iterations_done", "final_train_err", "final_test_err", "best_test_err", "best_test_iter",
-                  "wall_time_s", "images_per_s", "device_name", "torch_version", "git_commit", "precision"}
+                  "wall_time_s", "images_per_s", "device_name", "torch_version", "git_commit", "precision", "augment"}
 
 
 def test_a_short_run_writes_the_contract_and_learns(tmp_path):
@@ -150,3 +152,59 @@ def test_cli_bad_override_is_one_line_and_nonzero(tmp_path):
     assert proc.returncode != 0 and not tmp_path.joinpath("single").exists()
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: model: depth 21"), proc.stderr
+
+
+# -- data.augment: recorded by every run; a run recorded before the key existed means the paper's default -----
+
+def test_augment_is_recorded_and_a_config_without_it_means_the_default(tmp_path):
+    s = train_mod.run(tiny_cfg(tmp_path, "schedule.iterations=20"))
+    folder = run_folder(tmp_path)
+    assert s["augment"] == "crop_flip" and "augment: crop_flip" in (folder / "config.yaml").read_text()
+    # An older run's config.yaml has no data.augment: it trained with crop_flip and still counts as done.
+    cfg_file = folder / "config.yaml"
+    cfg_file.write_text("".join(l for l in cfg_file.read_text().splitlines(True) if "augment:" not in l))
+    assert train_mod.run(tiny_cfg(tmp_path, "schedule.iterations=20"))["status"] == "completed"
+    with pytest.raises(ConfigError, match=r"different config \(data.augment\)"):
+        train_mod.run(tiny_cfg(tmp_path, "schedule.iterations=20", "data.augment=flip"))
+
+
+# -- git_commit: what `git rev-parse HEAD` says, packed refs included; None outside a checkout ----------------
+
+def _git(folder, *args):
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=folder, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_git_commit_reads_packed_refs_and_is_none_outside_a_checkout(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "pkg").mkdir(parents=True)
+    _git(repo, "init", "-q")
+    (repo / "pkg" / "f").write_text("x")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "one")
+    _git(repo, "pack-refs", "--all")  # as after `git gc`: no loose ref file under .git/refs/heads
+    head = _git(repo, "rev-parse", "HEAD")
+    assert not list((repo / ".git" / "refs" / "heads").iterdir())
+    assert train_mod.read_git_commit(repo) == head
+    assert train_mod.read_git_commit(repo / "pkg") is None  # inside a checkout but not its top: not our repo
+    (tmp_path / "plain").mkdir()
+    assert train_mod.read_git_commit(tmp_path / "plain") is None
+
+
+# -- progress in a log (nohup, SLURM, | tee): iteration / total, percent and ETA on every line ----------------
+
+def test_progress_lines_in_a_log_carry_iteration_total_percent_and_eta(monkeypatch, capsys):
+    from pathlib import Path
+
+    from experiments import progress as P
+    clock = iter([0.0, 100.0, 100.0, 130.0, 200.0, 200.0, 200.0])  # start; point at 500 (pace, log); 2 updates
+    monkeypatch.setattr(P.time, "perf_counter", lambda: next(clock))
+    bar = P.Progress("log", total=2000, start=0, folder=Path("resnet-8-A/seed=0"))
+    bar.point({"iter": 500, "lr": 0.1, "train_err": 40.0, "test_err": 42.0, "images_per_s": 900.0})
+    bar.update(600, 0.1, {"wrong": 3, "seen": 10})  # 30 s after the last line: quiet
+    bar.update(750, 0.1, {"wrong": 3, "seen": 10})  # 70 s: a line
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    assert "iter 500/2000 (25%), ETA 0:05:00" in lines[0] and "test_err 42.00%" in lines[0]
+    assert "iter 750/2000 (37%), ETA 0:05:33" in lines[1]
