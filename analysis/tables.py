@@ -280,9 +280,15 @@ def inventory(results: Results) -> pd.DataFrame:
     return table.sort_values(["arch", "shortcut", "depth", "seed"], ignore_index=True)
 
 
+def curves(results: Results) -> pd.DataFrame:
+    """Every run's curve in one tidy table, one row per (run, evaluation point), every status included:
+    `pd.read_csv("tables/curves.csv")` is all a plot of any run needs."""
+    return results.metrics.rename(columns={"run_id": "run"})
+
+
 def all_tables(results: Results) -> dict[str, pd.DataFrame]:
     """Every table by the file name it is written under."""
     deg = degradation(results)
     return {"inventory": inventory(results), "table6": table6(results), "degradation": deg,
             "degradation_pairs": depth_pairs(deg), "verdicts": verdict_table(verdict(results)),
-            "abc": abc(results), "abc_pairs": abc_pairs(results)}
+            "abc": abc(results), "abc_pairs": abc_pairs(results), "curves": curves(results)}

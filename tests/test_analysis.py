@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import pandas as pd
 import pytest
 import yaml
 from matplotlib.container import BarContainer, ErrorbarContainer
@@ -708,3 +709,31 @@ def test_report_says_times_in_minutes_the_budget_once_and_table3_only_for_an_abl
                                            (float("nan"), ""), (None, "")])
 def test_wall_times_read_in_minutes_or_hours(seconds, text):
     assert report._duration(seconds) == text
+
+
+# ---------------------------------------------------------------- curves for other tools
+
+def test_curves_csv_is_every_point_of_every_run_in_one_tidy_table(built):
+    curves = pd.read_csv(built / "tables" / "curves.csv")
+    assert list(curves.columns[:7]) == ["run", "arch", "depth", "shortcut", "seed", "status", "iter"]
+    assert {"train_err", "test_err", "lr", "train_loss", "test_loss"} <= set(curves.columns)
+    lines = {p: len((p / "metrics.jsonl").read_text().splitlines()) for p in (built / "runs").glob("*/seed=*")}
+    assert len(curves) == sum(lines.values()) and curves["run"].nunique() == len(lines)  # running ones too
+    one = curves[curves["run"] == "plain-56-none/seed=1"]
+    assert one["iter"].is_monotonic_increasing and one["train_err"].iloc[-1] == 10.0
+
+
+def test_tensorboard_export_holds_every_runs_curve(built, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util.tensor_util import make_ndarray
+
+    from analysis import tensorboard as tb
+    for _ in range(2):  # a second export replaces the first: no point twice
+        assert tb.main(["--results", str(built), "--logdir", str(tmp_path)]) == 0
+    acc = EventAccumulator(str(tmp_path / "plain-56-none" / "seed=1"))
+    acc.Reload()
+    train = acc.Tensors("error/train")
+    curves = pd.read_csv(built / "tables" / "curves.csv").query("run == 'plain-56-none/seed=1'")
+    assert [e.step for e in train] == list(curves["iter"])
+    assert [float(make_ndarray(e.tensor_proto)) for e in train] == pytest.approx(list(curves["train_err"]))
