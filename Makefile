@@ -1,21 +1,33 @@
 # The degradation suite. `make help` lists the targets.
 SHELL := /bin/bash
 PY := .venv/bin/python
+## EXP        experiment, a file in conf/experiment/ (quick, degradation, shortcuts, smoke, ...) (default quick)
 EXP ?= quick
+## SEEDS      seeds 0..SEEDS-1 of every run (a seed= in ARGS replaces them) (default 1)
 SEEDS ?= 1
+## DATA       data source: cifar10 (default, downloads), cifar10_folder (needs DATA_ROOT), fake
 DATA ?=
+## DATA_ROOT  an image-folder copy of CIFAR-10 or a .tar.gz of one, for DATA=cifar10_folder
 DATA_ROOT ?=
-LAUNCHER ?= basic
-JOBS ?= 1
+## RESULTS    results folder; runs go to RESULTS/EXP/runs/, report and plots read RESULTS/EXP (default results)
 RESULTS ?= results
+## LAUNCHER   basic (one run at a time), joblib (JOBS in parallel), slurm (a job per run), local (default basic)
+LAUNCHER ?= basic
+## JOBS       parallel runs with LAUNCHER=joblib (default 1)
+JOBS ?= 1
+## DRY        DRY=1: print the plan (runs, status, time estimate) and train nothing
 DRY ?=
+## ARGS       any Hydra overrides for every run, comma lists sweep: ARGS='model.depth=20,32 seed=3'
 ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help setup test test-all sweep plots report bench data clean
 
-help:  ## list the targets
+help:  ## list the targets and variables
+	@echo "targets:"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@echo "variables (make sweep EXP=degradation SEEDS=3 ...):"
+	@grep -E '^## [A-Z_]+ ' $(MAKEFILE_LIST) | sed 's/^## /  /'
 
 .venv/.installed: pyproject.toml
 	python3 -m venv .venv
@@ -30,7 +42,7 @@ test: setup  ## the fast test suite (what CI runs)
 test-all: setup  ## every test, the slow ones included
 	$(PY) -m pytest -q -m ''
 
-sweep: setup  ## train an experiment: make sweep [EXP=quick] [SEEDS=n] [DATA_ROOT=...] [LAUNCHER=basic|joblib|slurm|local] [JOBS=n] [DRY=1] [ARGS='hydra overrides']
+sweep: setup  ## train an experiment: make sweep [EXP=quick] [SEEDS=n] [DATA=... DATA_ROOT=...] [RESULTS=...] [LAUNCHER=...] [JOBS=n] [DRY=1] [ARGS=...]
 	$(PY) -m experiments.sweep --exp $(EXP) --seeds $(SEEDS) --launcher $(LAUNCHER) --jobs $(JOBS) \
 		--results $(RESULTS) $(if $(DATA),--data $(DATA)) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) $(if $(DRY),--dry-run) $(ARGS)
 

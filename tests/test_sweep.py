@@ -212,3 +212,13 @@ def test_degradation_estimate_agrees_with_the_readme(tmp_path, capsys, monkeypat
     hours = re.search(r"one job at a time\): ~([\d.]+) h \(calibrated by", capsys.readouterr().out)
     readme = re.search(r"~(\d+) h on the 2-core CPU \(fp32, from `make bench`", (REPO / "README.md").read_text())
     assert hours and readme and round(float(hours.group(1))) == int(readme.group(1))
+
+
+def test_make_help_explains_every_variable():
+    import subprocess
+    names = re.findall(r"^([A-Z_]+) \?=", (REPO / "Makefile").read_text(), re.M)
+    shown = subprocess.run(["make", "-s", "help"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert {"EXP", "SEEDS", "DATA", "DATA_ROOT", "RESULTS", "LAUNCHER", "JOBS", "DRY", "ARGS"} <= set(names)
+    for name in names:
+        line = next((l for l in shown.splitlines() if l.split()[:1] == [name]), "")
+        assert len(line.split()) > 3, f"make help does not explain {name}"
