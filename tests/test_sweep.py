@@ -222,3 +222,25 @@ def test_make_help_explains_every_variable():
     for name in names:
         line = next((l for l in shown.splitlines() if l.split()[:1] == [name]), "")
         assert len(line.split()) > 3, f"make help does not explain {name}"
+
+
+def test_readme_gives_the_exact_command_of_every_committed_reference():
+    # Each committed sweep recorded what Hydra was handed (multirun.yaml); a README `make sweep` line must
+    # hand it exactly that (seeds, data, results folder), so anyone can reproduce the reference.
+    import shlex
+
+    import yaml
+    lines = re.findall(r"^\s*make sweep (.+?)\s*$", (REPO / "README.md").read_text(), re.M)
+    commands = [dict(w.split("=", 1) for w in shlex.split(line) if "=" in w) for line in lines]
+    references = sorted((REPO / "results" / "reference").glob("*/multirun.yaml"))
+    assert references
+    for multirun in references:
+        recorded = yaml.safe_load(multirun.read_text())["hydra"]["overrides"]["task"]
+        results = str(multirun.parents[1].relative_to(REPO))
+        want = [c for c in commands if c.get("RESULTS") == results and f"experiment={c.get('EXP')}" in recorded]
+        assert want, f"README has no `make sweep ... RESULTS={results}` line for {multirun.parent.name}"
+        v = want[0]
+        argv = ["--exp", v["EXP"], "--seeds", v.get("SEEDS", "1"), "--results", results,
+                *(["--data", v["DATA"]] if "DATA" in v else []), *(["--data-root", v["DATA_ROOT"]] if "DATA_ROOT" in v else []),
+                *shlex.split(v.get("ARGS", ""))]
+        assert sweep.base_overrides(sweep.parse_args(argv)) == recorded, multirun.parent.name
