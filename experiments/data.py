@@ -157,7 +157,7 @@ def prepare_source(cfg) -> None:
     verified once, here, rather than by each run. Raises DataError; leaves no empty folder behind."""
     if cfg.get("source") != "cifar10":
         return  # the folder source is checked per run (validate_data_config); fake needs nothing
-    root = Path(cfg.root)
+    root = Path(cfg["root"])
     made = next((p for p in reversed([root, *root.parents]) if not p.exists()), None)
     try:
         _official_ready(str(root), bool(cfg.get("download")))

@@ -21,16 +21,16 @@ class Progress:
                         dynamic_ncols=True, file=sys.stderr) if tty else None
 
     def where(self, iteration: int) -> str:
-        """`iter 250/2000 (12%), ETA 0:05:12`: the ETA from this process's pace so far, evaluation included."""
+        """`iter 250 / 2000 (12%), ETA 0:05:12`: the ETA from this process's pace so far, evaluation included."""
         done, now = iteration - self.start, time.perf_counter()
         eta = "?" if done <= 0 else _clock((self.total - iteration) * (now - self.t0) / done)
-        return f"iter {iteration}/{self.total} ({100 * iteration // max(self.total, 1)}%), ETA {eta}"
+        return f"iter {iteration} / {self.total} ({100 * iteration // max(self.total, 1)}%), ETA {eta}"
 
     def update(self, iteration: int, lr: float, acc: dict) -> None:
         err = 100.0 * float(acc["wrong"]) / max(acc["seen"], 1)
         if self.bar is None:
             if time.perf_counter() - self.last_line >= LOG_EVERY_S:
-                self._log(f"{self.name} {self.where(iteration)}, lr {lr:.3g}, train_err {err:.1f}% (running)")
+                self._log(f"{self.name} training, {self.where(iteration)}, lr {lr:.3g}, running train_err {err:.1f}%")
             return
         self.bar.update(iteration - self.bar.n)
         self.bar.set_postfix(iter=iteration, lr=f"{lr:.3g}", train_err=f"{err:.1f}%", refresh=False)

@@ -7,6 +7,7 @@ Hydra's basic sweeper does (to print the plan with each run's status and cost), 
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import torch
 from filelock import FileLock, Timeout
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import OverrideParseException
@@ -50,6 +52,7 @@ class PlannedRun:
     images: int
     macs: int
     precision: str  # what the run will compute in on this machine (for the time estimate)
+    data: dict      # the run's data node, checked once per distinct source before any run starts
 
 
 def experiments() -> list[str]:
@@ -77,8 +80,10 @@ def base_overrides(args) -> list[str]:
 
 
 def parse_overrides(overrides: list[str]) -> list[Override]:
+    # Inside initialize_config_dir the parser gets Hydra's config loader, so glob(...) can list config groups.
+    loader = GlobalHydra.instance().config_loader() if GlobalHydra.instance().is_initialized() else None
     try:
-        return OverridesParser.create().parse_overrides(list(overrides))
+        return OverridesParser.create(config_loader=loader).parse_overrides(list(overrides))
     except OverrideParseException as e:
         raise SweepError(f"ARGS: {str(e).splitlines()[0]}; write Hydra overrides as key=value (a,b for a sweep)") from None
 
@@ -132,7 +137,8 @@ def plan(args) -> list[PlannedRun]:
                 "training" if locked_elsewhere(folder) else "partial" if (folder / "last.pt").exists() else "to do")
             runs.append(PlannedRun(overrides, folder, status, cfg.schedule.iterations,
                                    cfg.schedule.iterations * cfg.optim.batch_size, _macs(m),
-                                   resolve_precision(cfg.trainer.precision, _device_type())))
+                                   resolve_precision(cfg.trainer.precision, _device_type()),
+                                   OmegaConf.to_container(cfg.data, resolve=True)))
     return runs
 
 
@@ -223,18 +229,21 @@ def write_plan(runs: list[PlannedRun], args) -> None:
         "runs": sorted(str(r.folder.relative_to(exp_dir)) for r in runs)})
 
 
-def check_data(args, runs: list[PlannedRun]) -> None:
-    """Before any run starts: the data source every run reads is there (the official archive downloaded
+def check_data(runs: list[PlannedRun]) -> None:
+    """Before any run starts: the data sources the runs read are there (the official archive downloaded
     once, here). Offline, one line says what to do instead of each run failing in turn."""
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        data = compose("config", overrides=runs[0].overrides).data
+    for data in {json.dumps(r.data, sort_keys=True): r.data for r in runs}.values():
+        _check_source(data)
+
+
+def _check_source(data: dict) -> None:
     try:
         prepare_source(data)
     except DataUnavailable as e:
-        raise SweepError(f"CIFAR-10 is not in {data.root}/ ({e.reason}); offline, train on an image-folder copy: "
+        raise SweepError(f"CIFAR-10 is not in {data['root']}/ ({e.reason}); offline, train on an image-folder copy: "
                          f"make sweep DATA=cifar10_folder DATA_ROOT=<folder or .tar.gz>, or download "
                          f"cifar-10-python.tar.gz by hand from https://www.cs.toronto.edu/~kriz/cifar.html "
-                         f"into {data.root}/") from None
+                         f"into {data['root']}/") from None
     except DataError as e:
         raise SweepError(str(e)) from None
 
@@ -327,7 +336,7 @@ def main(argv=None) -> int:
         print_plan(runs, args)
         if args.dry_run:
             return 0
-        check_data(args, runs)
+        check_data(runs)
     except SweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

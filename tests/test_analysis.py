@@ -290,7 +290,7 @@ def test_every_figure_is_written_as_png_and_svg(built):
         assert b"<svg" in svg.read_bytes()[:2000] and svg.stat().st_size > 5000
     assert {p.name for p in (built / "tables").iterdir()} == {
         "inventory.csv", "table6.csv", "degradation.csv", "degradation_pairs.csv", "verdicts.csv", "abc.csv",
-        "abc_pairs.csv"}
+        "abc_pairs.csv", "curves.csv"}
 
 
 def test_one_shortcut_option_skips_the_ablation_and_says_so(tmp_path):

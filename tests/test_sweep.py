@@ -151,9 +151,15 @@ def test_args_comma_list_and_seed_are_swept_exactly_as_planned(tmp_path):
     assert all(summary(tmp_path / r)["status"] == "completed" for r in planned_runs)
 
 
-def test_seed_list_in_args_replaces_seeds():
-    runs = planned("smoke", 2, "seed=5,7")
+@pytest.mark.parametrize("seeds", ["seed=5,7", "seed=range(5,9,2)"])
+def test_seed_list_in_args_replaces_seeds(seeds):
+    runs = planned("smoke", 2, seeds)
     assert sorted(r.folder.name for r in runs) == ["seed=5", "seed=5", "seed=7", "seed=7"]
+
+
+def test_args_glob_lists_config_groups_as_hydra_does():
+    runs = planned("smoke", 1, "model=glob(resnet_*)", "model.depth=8")
+    assert sorted(r.folder.parent.name for r in runs) == ["resnet-8-B", "resnet-8-C"]
 
 
 def test_experiment_without_dash_m_runs_its_whole_sweep(tmp_path):

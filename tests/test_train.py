@@ -206,5 +206,5 @@ def test_progress_lines_in_a_log_carry_iteration_total_percent_and_eta(monkeypat
     bar.update(750, 0.1, {"wrong": 3, "seen": 10})  # 70 s: a line
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2
-    assert "iter 500/2000 (25%), ETA 0:05:00" in lines[0] and "test_err 42.00%" in lines[0]
-    assert "iter 750/2000 (37%), ETA 0:05:33" in lines[1]
+    assert "iter 500 / 2000 (25%), ETA 0:05:00" in lines[0] and "test_err 42.00%" in lines[0]
+    assert "training, iter 750 / 2000 (37%), ETA 0:05:33" in lines[1]
