@@ -240,19 +240,19 @@ def _config(results: Results, dotted: str, run_ids) -> list:
     return out
 
 
+# data.augment as experiments/data.py reads it; a run recorded before the key existed used the default.
+AUGMENT_WORDS = {"crop_flip": "crop_flip: pad 4, random 32x32 crop, random horizontal flip (the paper's)",
+                 "crop": "crop: pad 4, random 32x32 crop, no flip", "flip": "flip: random horizontal flip only",
+                 "none": "none: the original images"}
+
+
 def _augmentation(results: Results, run_ids) -> str:
-    """Whatever the configs record about augmentation (any key naming it), else say so."""
-    found = []
-    for run_id in run_ids:
-        stack = [("", results.configs.get(run_id, {}))]
-        while stack:
-            prefix, node = stack.pop()
-            for key, value in sorted(node.items()) if isinstance(node, dict) else []:
-                if "augment" in str(key).lower() or str(key) in ("crop", "flip", "pad"):
-                    found.append(f"{prefix}{key}={value}")
-                elif isinstance(value, dict):
-                    stack.append((f"{prefix}{key}.", value))
-    return ", ".join(sorted(set(found))) if found else "not recorded in config.yaml"
+    """data.augment from each run's config.yaml; absent means the default (crop_flip), said so."""
+    values = []
+    for value in _config(results, "data.augment", run_ids):
+        values.append("crop_flip (default; config.yaml predates the key)" if _missing(value)
+                      else AUGMENT_WORDS.get(str(value), str(value)))
+    return _distinct(values)
 
 
 def recipe(results: Results) -> list[tuple[str, str]]:
