@@ -21,7 +21,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from experiments.checks import ConfigError, check_config
-from experiments.device import available_cores, resolve_precision
+from experiments.device import available_cores, detect_device_type, planned_native_bf16, resolve_precision
 from experiments.models import build_from_config, count_macs
 from experiments.runfiles import FORMAT_VERSION, atomic_write_json, read_json, run_dir
 
@@ -81,7 +81,11 @@ def expand(args) -> list[list[str]]:
 
 
 def plan(args) -> list[PlannedRun]:
+    """Every run with its status and cost. Never starts CUDA: a context here would hold GPU memory for the
+    whole sweep (device type and native bf16 come from NVML, MACs from the meta device)."""
     runs = []
+    device = _device_type()
+    native = planned_native_bf16(device)
     with initialize_config_dir(str(CONF), version_base="1.3"):
         for sweep_overrides in expand(args):
             cfg = compose("config", overrides=base_overrides(args) + sweep_overrides)
@@ -96,7 +100,7 @@ def plan(args) -> list[PlannedRun]:
                 "training" if locked_elsewhere(folder) else "partial" if (folder / "last.pt").exists() else "to do")
             runs.append(PlannedRun(sweep_overrides, folder, status, cfg.schedule.iterations,
                                    cfg.schedule.iterations * cfg.optim.batch_size, _macs(m),
-                                   resolve_precision(cfg.trainer.precision, _device_type())))
+                                   resolve_precision(cfg.trainer.precision, device, native)))
     return runs
 
 
@@ -105,8 +109,9 @@ _MAC_CACHE: dict = {}
 
 def _macs(m) -> int:
     key = tuple(sorted((k, str(v)) for k, v in m.items()))
-    if key not in _MAC_CACHE:  # MACs are counted by a real forward pass; cache per architecture
-        _MAC_CACHE[key] = count_macs(build_from_config(m))
+    if key not in _MAC_CACHE:  # counted by a forward pass on the meta device: shapes only, no memory
+        with torch.device("meta"):
+            _MAC_CACHE[key] = count_macs(build_from_config(m))
     return _MAC_CACHE[key]
 
 
@@ -121,7 +126,8 @@ def estimate_seconds(run: PlannedRun, device: str) -> float:
 
 
 def _device_type() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """cuda or cpu (the estimates know these two), without starting CUDA."""
+    return "cuda" if detect_device_type() == "cuda" else "cpu"
 
 
 def print_plan(runs: list[PlannedRun], args) -> None:
