@@ -80,7 +80,7 @@ def environment(ctx) -> dict:
                 "nvml_compute_capabilities": [f"{a}.{b}" for a, b in nvml_compute_capabilities() or []],
                 "gpus_visible": torch.cuda.device_count(), "memory_gb": round(props.total_memory / 2**30, 1),
                 "multiprocessors": props.multi_processor_count, "cudnn": torch.backends.cudnn.version(),
-                "tf32_convolutions": torch.backends.cudnn.conv.fp32_precision,
+                "tf32_convolutions": getattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision", None),
                 "bf16_supported_with_emulation": torch.cuda.is_bf16_supported(including_emulation=True)}
     return env
 
