@@ -105,7 +105,7 @@ class Conventional:
         tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
                         T.Normalize(mean.tolist(), std.tolist())])
         self.loader = DataLoader(PilImages(tr.data.train_images, tr.data.train_labels, tf), batch_size=BATCH,
-                                 shuffle=True, num_workers=workers, pin_memory=torch.cuda.is_available(),
+                                 shuffle=True, num_workers=workers, pin_memory=self.device.type == "cuda",
                                  drop_last=True, persistent_workers=workers > 0)
         m, o = tr.cfg.model, tr.cfg.optim
         torch.manual_seed(SEED)

@@ -81,7 +81,7 @@ def environment(ctx) -> dict:
                 "gpus_visible": torch.cuda.device_count(), "memory_gb": round(props.total_memory / 2**30, 1),
                 "multiprocessors": props.multi_processor_count, "cudnn": torch.backends.cudnn.version(),
                 "tf32_convolutions": getattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision", None),
-                "bf16_supported_with_emulation": torch.cuda.is_bf16_supported(including_emulation=True)}
+                "bf16_supported_with_emulation": torch.cuda.is_bf16_supported()}  # what `auto` asked before
     return env
 
 
@@ -214,10 +214,14 @@ def _profile_one(ctx, depth: int, steps: int, **options) -> dict:
         for _ in range(steps):
             tr.train_iteration(warming=False)
         sync(ctx.dev)
-    kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
-    spans = sorted((e.time_range.start, e.time_range.end) for e in kernels)
+    return row | kernel_stats([e for e in prof.events() if e.device_type == DeviceType.CUDA], steps)
+
+
+def kernel_stats(kernels, steps: int) -> dict:
+    """Per step: how many kernels, how long the device was busy (the union of their intervals, so
+    overlapping kernels count once), and the ten costliest kernels."""
     busy, end = 0.0, float("-inf")
-    for a, b in spans:  # union of kernel intervals: time the GPU was doing anything
+    for a, b in sorted((e.time_range.start, e.time_range.end) for e in kernels):
         busy += max(0.0, b - max(a, end))
         end = max(end, b)
     totals: dict[str, list] = {}
@@ -225,9 +229,9 @@ def _profile_one(ctx, depth: int, steps: int, **options) -> dict:
         t = totals.setdefault(e.name, [0, 0.0])
         t[0], t[1] = t[0] + 1, t[1] + e.time_range.elapsed_us()
     top = sorted(totals.items(), key=lambda kv: -kv[1][1])[:10]
-    return row | {"kernels_per_step": round(len(kernels) / steps, 1), "gpu_busy_ms_per_step": round(busy / 1e3 / steps, 3),
-                  "top_kernels": [{"name": n[:120], "calls": c, "ms_per_step": round(us / 1e3 / steps, 3)}
-                                  for n, (c, us) in top]}
+    return {"kernels_per_step": round(len(kernels) / steps, 1), "gpu_busy_ms_per_step": round(busy / 1e3 / steps, 3),
+            "top_kernels": [{"name": n[:120], "calls": c, "ms_per_step": round(us / 1e3 / steps, 3)}
+                            for n, (c, us) in top]}
 
 
 def profile_steps(ctx) -> dict:

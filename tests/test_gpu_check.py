@@ -46,3 +46,15 @@ def test_the_default_file_is_named_after_the_card():
     import torch
     assert gpu_check.default_out(torch.device("cpu")).name.startswith("gpu-check-cpu-")
     assert gpu_check.slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+
+
+def test_kernel_stats_count_overlapping_kernels_once():
+    from types import SimpleNamespace as NS
+
+    def kernel(name, start, end):
+        return NS(name=name, time_range=NS(start=start, end=end, elapsed_us=lambda: end - start))
+    # two steps: 'a' overlaps 'b' (a second stream), then a gap, then 'a' again
+    events = [kernel("a", 0, 1000), kernel("b", 500, 1500), kernel("a", 3000, 4000)]
+    stats = gpu_check.kernel_stats(events, steps=2)
+    assert stats["kernels_per_step"] == 1.5 and stats["gpu_busy_ms_per_step"] == 1.25  # (1500 + 1000) us / 2
+    assert stats["top_kernels"][0] == {"name": "a", "calls": 2, "ms_per_step": 1.0}
