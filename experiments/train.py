@@ -306,7 +306,7 @@ class Trainer:
             iteration, elapsed, warmup_end = state["iteration"], state["elapsed"], state["warmup_end"]
             window = list(state.get("warmup_window", []))
         except Exception as e:  # a truncated or corrupt checkpoint: retrain rather than crash
-            print(f"warning: {path} is unreadable ({type(e).__name__}: {e}); training this run from the start",
+            print(f"warning: {path} is unreadable ({type(e).__name__}); training this run from the start",
                   file=sys.stderr)
             self.model.load_state_dict(fresh[0])
             self.opt.load_state_dict(fresh[1])
