@@ -186,6 +186,8 @@ ALL = ("suite", "conventional", "bound")
 
 def bench_row(arch, depth, precision, args, pipelines=ALL, compile=False, cuda_graphs=False) -> dict:
     """One table row: images/s of each of `pipelines` (suite always) with the trainer options given."""
+    if compile:  # a fresh compile per row: dynamo's per-function cache would otherwise fill up and fall back to eager
+        torch._dynamo.reset()
     tr = make_trainer(arch, depth, precision, args.device, args.threads, args.num_train, compile=compile,
                       cuda_graphs=cuda_graphs)
     dev = tr.dev.device
