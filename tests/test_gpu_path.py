@@ -22,6 +22,7 @@ from experiments.data import DeviceBatches, load_data
 from experiments.device import RunDevice, cpu_name, pick_device, resolve_precision
 from experiments.models import build_from_config
 from experiments.probes import evaluate
+from experiments.schedule import RunningError
 from helpers import REPO, TINY, cli, metrics, run_folder, summary, tiny_cfg
 
 PINNED = json.loads((REPO / "tests" / "data" / "tiny_metrics_pinned.json").read_text())
@@ -58,6 +59,7 @@ def test_resume_onto_a_device_keeps_rng_states_on_the_cpu(tmp_path, monkeypatch)
     with torch.device("meta"):
         tr.model = build_from_config(cfg.model)
     tr.opt = torch.optim.SGD(tr.model.parameters(), lr=0.1, momentum=0.9)
+    tr.running_err = RunningError()
     restored = []
     real_set = torch.set_rng_state
     monkeypatch.setattr(torch, "set_rng_state", lambda s: (restored.append(s.device.type), real_set(s)))
