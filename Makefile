@@ -21,7 +21,7 @@ DRY ?=
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-all sweep plots report bench data clean
+.PHONY: help setup test test-all sweep plots report bench gpu-check data clean
 
 help:  ## list the targets and variables
 	@echo "targets:"
@@ -54,6 +54,9 @@ report: setup  ## write figures, tables and report.html/report.md: make report [
 
 bench: setup  ## throughput of the suite vs a conventional PyTorch pipeline on this device
 	$(PY) -m experiments.bench
+
+gpu-check: setup  ## on a GPU: resume, sync audit, profile, bench options, sharing -> results/bench/gpu-check-<card>.json (< 8 min)
+	$(PY) -m experiments.gpu_check
 
 data: setup  ## show what the configured data source holds: make data [DATA=cifar10_folder DATA_ROOT=...]
 	$(PY) -m experiments.data $(if $(DATA),data=$(DATA)) $(if $(DATA_ROOT),data.root=$(DATA_ROOT))

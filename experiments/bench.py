@@ -2,6 +2,7 @@
 
     python -m experiments.bench [--models resnet-20,resnet-56,plain-56] [--precisions fp32,bf16]
                                 [--iters N] [--repeats R] [--depths 20,56,110] [--out results/bench/latest.json]
+                                [--compile] [--cuda-graphs] [--suite-only]
 
 Per model and precision, at batch 128, on the same model, data and device:
   suite         experiments.train.Trainer's own step (RunDevice: channels_last, autocast, foreach/fused SGD)
@@ -34,7 +35,7 @@ from torchvision import transforms as T
 
 from experiments.data import channel_stats
 from experiments import CONF
-from experiments.device import available_cores, cpu_name, cpu_supports_bf16
+from experiments.device import available_cores, cpu_name, native_bf16
 from experiments.models import blocks_per_stage, build_model
 from experiments.runfiles import atomic_write_json
 from experiments.train import Trainer, git_commit
@@ -45,12 +46,13 @@ SEED = 0
 
 
 def make_trainer(arch: str, depth: int, precision: str, device: str, threads: int, num_train: int,
-                 batch_size: int = BATCH) -> Trainer:
+                 batch_size: int = BATCH, compile: bool = False, cuda_graphs: bool = False) -> Trainer:
     """A real Trainer on the fake source (same model, optimiser, step and data path as a run); it is never
     fit(), so nothing is written to its folder."""
     overrides = [f"model={arch}", f"model.depth={depth}", "data=fake", f"data.num_train={num_train}",
                  "data.num_eval=100", f"optim.batch_size={batch_size}", f"trainer.device={device}",
-                 f"trainer.precision={precision}", f"trainer.threads={threads}", f"seed={SEED}"]
+                 f"trainer.precision={precision}", f"trainer.threads={threads}", f"seed={SEED}",
+                 f"trainer.compile={compile}", f"trainer.cuda_graphs={cuda_graphs}"]
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     return Trainer(cfg, Path(tempfile.gettempdir()))
@@ -67,18 +69,18 @@ class Suite:
         for _ in range(n):
             self.tr.train_iteration(warming=False)
             if self.tr.iteration % 50 == 0:
-                int(self.tr.first_bad)
+                self.tr.first_nonfinite()
 
 
 class Bound:
     """The suite's step on one fixed batch already on the device (augmented, in its layout): no data path."""
 
     def __init__(self, tr: Trainer):
-        self.step_fn, (self.x, self.y) = tr.step_fn, tr.batches.train_batch(0)
+        self.step_on, (self.x, self.y) = tr.step_on, tr.batches.train_batch(0)
 
     def steps(self, n: int) -> None:
         for _ in range(n):
-            self.step_fn(self.x, self.y)
+            self.step_on(self.x, self.y)
 
 
 class PilImages(Dataset):
@@ -103,7 +105,7 @@ class Conventional:
         tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
                         T.Normalize(mean.tolist(), std.tolist())])
         self.loader = DataLoader(PilImages(tr.data.train_images, tr.data.train_labels, tf), batch_size=BATCH,
-                                 shuffle=True, num_workers=workers, pin_memory=torch.cuda.is_available(),
+                                 shuffle=True, num_workers=workers, pin_memory=self.device.type == "cuda",
                                  drop_last=True, persistent_workers=workers > 0)
         m, o = tr.cfg.model, tr.cfg.optim
         torch.manual_seed(SEED)
@@ -179,13 +181,22 @@ def peak_mb(device: torch.device) -> float:
 
 
 # -- one table row ----------------------------------------------------------------------------------------
-def bench_row(arch, depth, precision, args, suite_only=False) -> dict:
-    tr = make_trainer(arch, depth, precision, args.device, args.threads, args.num_train)
+ALL = ("suite", "conventional", "bound")
+
+
+def bench_row(arch, depth, precision, args, pipelines=ALL, compile=False, cuda_graphs=False) -> dict:
+    """One table row: images/s of each of `pipelines` (suite always) with the trainer options given."""
+    if compile:  # a fresh compile per row: dynamo's per-function cache would otherwise fill up and fall back to eager
+        torch._dynamo.reset()
+    tr = make_trainer(arch, depth, precision, args.device, args.threads, args.num_train, compile=compile,
+                      cuda_graphs=cuda_graphs)
     dev = tr.dev.device
     runs = {"suite": Suite(tr).steps}
-    if not suite_only:
+    if "conventional" in pipelines:
         conv = Conventional(tr, args.workers)
-        runs |= {"conventional": conv.steps, "bound": Bound(tr).steps}
+        runs |= {"conventional": conv.steps}
+    if "bound" in pipelines:
+        runs |= {"bound": Bound(tr).steps}
     for run in runs.values():  # first steps build kernels/primitives and grow the allocator: untimed
         run(args.warmup - 1)
     rate = images_per_s(runs["suite"], 1, dev)  # the last warm-up step sizes the windows
@@ -205,13 +216,14 @@ def bench_row(arch, depth, precision, args, suite_only=False) -> dict:
                 peak = max(peak, peak_mb(dev))
     med = {name: statistics.median(r) for name, r in rates.items()}
     row = {"model": f"{arch}-{depth}", "arch": arch, "depth": depth, "macs": tr.macs, "precision": precision,
-           "device": dev.type, "suite_images_per_s": round(med["suite"], 1), "iters": iters,
+           "device": dev.type, "compile": compile, "cuda_graphs": cuda_graphs,
+           "suite_images_per_s": round(med["suite"], 1), "iters": iters,
            "peak_mem_mb": round(peak, 1), "peak_mem_method": method}
-    if not suite_only:
+    if "bound" in med:
+        row |= {"bound_images_per_s": round(med["bound"], 1), "overhead": round(1 - med["suite"] / med["bound"], 3)}
+    if "conventional" in med:
         row |= {"conventional_images_per_s": round(med["conventional"], 1),
-                "bound_images_per_s": round(med["bound"], 1),
-                "ratio": round(med["suite"] / med["conventional"], 3),
-                "overhead": round(1 - med["suite"] / med["bound"], 3)}
+                "ratio": round(med["suite"] / med["conventional"], 3)}
         conv.close()  # stops the persistent workers before the next row
     del tr, runs
     gc.collect()
@@ -242,6 +254,9 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the conventional pipeline")
     p.add_argument("--num-train", type=int, default=10_000, help="fake training images (both pipelines)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, ...")
+    p.add_argument("--compile", action="store_true", help="trainer.compile=true: torch.compile the model")
+    p.add_argument("--cuda-graphs", action="store_true", help="trainer.cuda_graphs=true (CUDA only)")
+    p.add_argument("--suite-only", action="store_true", help="time only the suite loop (no conventional, no bound)")
     p.add_argument("--out", type=Path, default=Path("results/bench/latest.json"))
     args = p.parse_args(argv)
     try:
@@ -262,6 +277,8 @@ def parse_args(argv=None):
         p.error(f"--device {args.device!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
     if (kind == "cuda" and not torch.cuda.is_available()) or (kind == "mps" and not torch.backends.mps.is_available()):
         p.error(f"--device {args.device}: no such device here; use --device auto or cpu")
+    if args.cuda_graphs and kind != "cuda":
+        p.error(f"--cuda-graphs needs a CUDA device, and this bench runs on {kind}; drop --cuda-graphs")
     try:  # find out now, not after minutes of measuring
         args.out.parent.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=args.out.parent).close()
@@ -274,44 +291,48 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     start = time.perf_counter()
     kind = torch.device(args.device).type
-    native_bf16 = torch.cuda.is_bf16_supported() if kind == "cuda" else kind == "cpu" and cpu_supports_bf16()
+    native = native_bf16(torch.device(args.device))
     notes = []
     precisions = args.precisions
-    if "bf16" in precisions and not native_bf16:
+    if "bf16" in precisions and not native:
         precisions = [p for p in precisions if p != "bf16"]
         notes.append(f"bf16 rows skipped: no native bf16 on this {kind} (autocast would emulate it, slower)")
     torch.set_num_threads(args.threads)
     name = torch.cuda.get_device_name(args.device) if kind == "cuda" else "Apple MPS" if kind == "mps" else cpu_name()
-    print(f"bench on {kind} ({name}), {args.threads} threads, native bf16: {native_bf16}, torch {torch.__version__}")
+    print(f"bench on {kind} ({name}), {args.threads} threads, native bf16: {native}, torch {torch.__version__}")
 
     rows = []
     for arch, depth in args.models:
         for precision in precisions:
-            rows.append(bench_row(arch, depth, precision, args))
+            rows.append(bench_row(arch, depth, precision, args, ("suite",) if args.suite_only else ALL,
+                                  args.compile, args.cuda_graphs))
             r = rows[-1]
-            print(f"  {r['model']:>10s} {precision}: suite {r['suite_images_per_s']:7.1f} img/s, conventional "
-                  f"{r['conventional_images_per_s']:7.1f}, bound {r['bound_images_per_s']:7.1f}", flush=True)
+            print(f"  {r['model']:>10s} {precision}: suite {r['suite_images_per_s']:7.1f} img/s"
+                  + ("" if args.suite_only else f", conventional {r['conventional_images_per_s']:7.1f}, "
+                                                f"bound {r['bound_images_per_s']:7.1f}"), flush=True)
     for r in rows:  # the usual recipe trains in fp32: what switching to the suite in bf16 buys over it
         fp32 = next((f for f in rows if f["model"] == r["model"] and f["precision"] == "fp32"), None)
-        if fp32 is not None:
+        if fp32 is not None and "conventional_images_per_s" in fp32:
             r["ratio_vs_conventional_fp32"] = round(r["suite_images_per_s"] / fp32["conventional_images_per_s"], 3)
-    scale_precision = "bf16" if native_bf16 else "fp32"
+    scale_precision = "bf16" if native else "fp32"
     scaling = []
     for depth in args.depths:  # reuse a row's suite number when it measured the same thing
         r = next((r for r in rows if (r["arch"], r["depth"], r["precision"]) == ("resnet", depth, scale_precision)),
                  None)
         if r is None:
-            r = bench_row("resnet", depth, scale_precision, args, suite_only=True)
+            r = bench_row("resnet", depth, scale_precision, args, ("suite",), args.compile, args.cuda_graphs)
             print(f"  {r['model']:>10s} {scale_precision}: suite {r['suite_images_per_s']:7.1f} img/s", flush=True)
         scaling.append({k: r[k] for k in ("model", "depth", "macs", "precision", "suite_images_per_s")})
 
     print(f"\n{'model':>10s} {'prec':>5s} {'MMAC':>6s} {'suite':>8s} {'conv.':>8s} {'bound':>8s} "
           f"{'ratio':>6s} {'vs fp32':>7s} {'overhead':>8s} {'peak MB':>8s}   (images/s, batch {BATCH}, median of "
           f"{args.repeats}; ratio: suite / conventional at the same precision; vs fp32: suite / conventional fp32)")
+    nan = float("nan")
     for r in rows:
         print(f"{r['model']:>10s} {r['precision']:>5s} {r['macs'] / 1e6:6.1f} {r['suite_images_per_s']:8.1f} "
-              f"{r['conventional_images_per_s']:8.1f} {r['bound_images_per_s']:8.1f} {r['ratio']:6.2f} "
-              f"{r.get('ratio_vs_conventional_fp32', float('nan')):7.2f} {r['overhead']:8.1%} {r['peak_mem_mb']:8.0f}")
+              f"{r.get('conventional_images_per_s', nan):8.1f} {r.get('bound_images_per_s', nan):8.1f} "
+              f"{r.get('ratio', nan):6.2f} {r.get('ratio_vs_conventional_fp32', nan):7.2f} "
+              f"{r.get('overhead', nan):8.1%} {r['peak_mem_mb']:8.0f}")
     if scaling:  # linear cost in depth: images/s x depth and time per MAC stay about constant
         print(f"\ndepth scaling (resnet, suite loop, {scale_precision}; a training step costs ~3 forward passes):")
         for s in scaling:
@@ -322,7 +343,8 @@ def main(argv=None) -> dict:
         print(f"note: {n}")
 
     result = {"device": kind, "device_name": name, "torch_version": torch.__version__, "threads": args.threads,
-              "git_commit": git_commit(), "batch_size": BATCH, "native_bf16": native_bf16,
+              "git_commit": git_commit(), "batch_size": BATCH, "native_bf16": native,
+              "compile": args.compile, "cuda_graphs": args.cuda_graphs,
               "workers": args.workers, "num_train": args.num_train, "repeats": args.repeats, "notes": notes,
               "rows": rows, "depth_scaling": scaling}
     atomic_write_json(args.out, result)

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from experiments.data import DataError, validate_data_config
+from experiments.device import detect_device_type
 from experiments.models import build_from_config
 
 
@@ -72,16 +73,23 @@ def check_trainer(trainer) -> None:
         raise ConfigError(f"trainer.precision must be auto, fast, fp32 or bf16, got {trainer.precision!r}")
     if trainer.threads != "auto":
         _positive_int(trainer.threads, "trainer.threads")
+    for key in ("compile", "cuda_graphs"):
+        if not isinstance(trainer.get(key, False), bool):
+            raise ConfigError(f"trainer.{key} must be true or false, got {trainer.get(key)!r}")
     dev = str(trainer.device)
+    kind = detect_device_type() if dev == "auto" else None  # device_count via NVML: the sweep planner must not start CUDA
     if dev != "auto":
         try:
             kind = torch.device(dev).type
         except RuntimeError:
             raise ConfigError(f"trainer.device {dev!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
-        if kind == "cuda" and not torch.cuda.is_available():
+        if kind == "cuda" and torch.cuda.device_count() == 0:
             raise ConfigError(f"trainer.device={dev} but no CUDA GPU is visible; use trainer.device=auto or cpu")
         if kind == "mps" and not torch.backends.mps.is_available():
             raise ConfigError(f"trainer.device={dev} but MPS is not available; use trainer.device=auto or cpu")
+    if trainer.get("cuda_graphs", False) and kind != "cuda":
+        raise ConfigError(f"trainer.cuda_graphs=true needs a CUDA GPU, and this run is on {kind}; "
+                          f"set trainer.cuda_graphs=false")
 
 
 def check_results_dir(results_dir: str, experiment: str) -> None:

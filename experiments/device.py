@@ -1,12 +1,21 @@
-"""Where and how a run computes: device, precision, memory format, threads."""
+"""Where and how a run computes: device, precision, memory format, threads, and which GPU a parallel
+job takes.
+
+Only the run's own process initialises CUDA. What the sweep planner and the joblib parent need
+(is there a GPU, does it have native bf16, how many are visible) comes from NVML, which
+`torch.cuda.device_count()` and `nvml_compute_capabilities()` use without creating a CUDA context.
+"""
 from __future__ import annotations
 
 import os
 import platform
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+
+PRECISIONS = ("auto", "fast", "fp32", "bf16")
 
 
 def cpu_supports_bf16() -> bool:
@@ -34,13 +43,102 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+# -- what is there, without initialising CUDA ---------------------------------------------------------
+def detect_device_type() -> str:
+    """cuda, then mps, then cpu, as `trainer.device=auto` picks; counts GPUs through NVML (honouring
+    CUDA_VISIBLE_DEVICES), so the calling process holds no CUDA context afterwards."""
+    if torch.cuda.device_count() > 0:
+        return "cuda"
+    return "mps" if torch.backends.mps.is_available() else "cpu"
+
+
+def visible_gpus() -> list[str]:
+    """The visible GPUs as CUDA_VISIBLE_DEVICES names them (indices or UUIDs), or as 0..n-1 without it."""
+    n = torch.cuda.device_count()
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return [t.strip() for t in env.split(",")][:n] if env is not None else [str(i) for i in range(n)]
+
+
+def nvml_gpus() -> list[dict] | None:
+    """Name and compute capability of every GPU NVML sees (all of them, not only the visible ones),
+    or None where NVML is missing. No CUDA context is created."""
+    from ctypes import CDLL, byref, c_int, c_void_p, create_string_buffer
+    try:
+        nvml = CDLL("libnvidia-ml.so.1")
+        if nvml.nvmlInit_v2() != 0:
+            return None
+        count, gpus = c_int(0), []
+        if nvml.nvmlDeviceGetCount_v2(byref(count)) != 0:
+            return None
+        for i in range(count.value):
+            handle, major, minor, name = c_void_p(), c_int(), c_int(), create_string_buffer(96)
+            if (nvml.nvmlDeviceGetHandleByIndex_v2(i, byref(handle)) != 0
+                    or nvml.nvmlDeviceGetCudaComputeCapability(handle, byref(major), byref(minor)) != 0):
+                return None
+            named = nvml.nvmlDeviceGetName(handle, name, 96) == 0
+            gpus.append({"name": name.value.decode(errors="replace") if named else None,
+                         "capability": (major.value, minor.value)})
+        return gpus
+    except (OSError, AttributeError):
+        return None
+
+
+def nvml_compute_capabilities() -> list[tuple[int, int]] | None:
+    gpus = nvml_gpus()
+    return None if gpus is None else [g["capability"] for g in gpus]
+
+
+def nvml_gpu_name() -> str | None:
+    """The first GPU's name as CUDA reports it ("NVIDIA H100 80GB HBM3"), through NVML: no CUDA context."""
+    gpus = nvml_gpus()
+    return gpus[0]["name"] if gpus else None
+
+
+def planned_native_bf16(device_type: str) -> bool:
+    """Native bf16 for planning (time estimates) without touching CUDA: every GPU at compute capability
+    8.0 or above per NVML; without NVML, assume a current GPU."""
+    if device_type == "cuda":
+        caps = nvml_compute_capabilities()
+        return caps is None or (bool(caps) and min(caps) >= (8, 0))
+    return device_type == "cpu" and cpu_supports_bf16()
+
+
+def native_bf16(device: torch.device) -> bool:
+    """bf16 in hardware: CUDA compute capability 8.0+ (Ampere on; `is_bf16_supported()` also counts
+    emulation, which makes convolutions slower than fp32), CPUs with AVX512-BF16/AMX; not MPS."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device) >= (8, 0)  # initialises CUDA: run processes only
+    return device.type == "cpu" and cpu_supports_bf16()
+
+
+def resolve_precision(setting: str, device_type: str, native: bool) -> str:
+    """`auto`: bf16 autocast on CUDA with native bf16, fp32 elsewhere; `fast`: bf16 wherever the hardware
+    has it natively (also CPUs with AVX512-BF16/AMX); `fp32` / `bf16` as given."""
+    if setting == "auto":
+        return "bf16" if device_type == "cuda" and native else "fp32"
+    if setting == "fast":
+        return "bf16" if native and device_type in ("cuda", "cpu") else "fp32"
+    return setting
+
+
+def tf32_convolutions(device: torch.device, precision: str) -> bool:
+    """fp32 convolutions on Ampere and later run in TF32 (10-bit mantissa) unless disabled: PyTorch's
+    default for cuDNN, kept here for speed; `torch.backends.cudnn.conv.fp32_precision = "ieee"` turns it off."""
+    if device.type != "cuda" or precision != "fp32" or torch.cuda.get_device_capability(device) < (8, 0):
+        return False
+    setting = getattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision", "none")
+    return setting == "tf32" or (setting == "none" and torch.backends.cudnn.allow_tf32)
+
+
 @dataclass
 class RunDevice:
     device: torch.device
-    precision: str          # "fp32" | "bf16" (autocast)
+    precision: str          # "fp32" | "bf16" (autocast): what the run computes in, recorded in config.yaml
     channels_last: bool
-    compile: bool
+    compile: bool           # torch.compile the model (not the step)
     threads: int
+    cuda_graphs: bool = False   # the whole training step as one CUDA graph (experiments/graphs.py)
+    note: str | None = None     # why the precision is not the obvious one, printed once by the run
 
     @property
     def memory_format(self):
@@ -48,46 +146,84 @@ class RunDevice:
 
     @property
     def sgd_kwargs(self) -> dict:
-        # Fused SGD on CUDA is one kernel for all parameters; foreach elsewhere.
-        return {"fused": True} if self.device.type == "cuda" else {"foreach": True}
+        # Fused SGD on CUDA is one kernel for all parameters, and it takes the lr as a device tensor
+        # without a sync, which a CUDA graph needs; foreach elsewhere.
+        return {"fused": True, "foreach": None} if self.device.type == "cuda" or self.cuda_graphs \
+            else {"foreach": True, "fused": None}
 
     def autocast(self):
         if self.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+            # Autocast's cast cache does not survive graph capture (PyTorch's CUDA graph docs).
+            return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=not self.cuda_graphs)
         return nullcontext()
-
-    def maybe_compile(self, fn):
-        return torch.compile(fn) if self.compile else fn
 
     def describe(self) -> dict:
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else (
             "Apple MPS" if self.device.type == "mps" else f"{cpu_name()} ({self.threads} threads)")
         return {"device": self.device.type, "device_name": name, "precision": self.precision,
-                "channels_last": self.channels_last, "threads": self.threads, "compiled": self.compile}
+                "tf32": tf32_convolutions(self.device, self.precision), "channels_last": self.channels_last,
+                "threads": self.threads, "compiled": self.compile, "cuda_graphs": self.cuda_graphs}
 
 
-def resolve_precision(setting: str, device_type: str) -> str:
-    """`auto`: bf16 autocast on CUDA, fp32 elsewhere; `fast`: bf16 wherever the hardware runs it
-    natively (CUDA, CPUs with AVX512-BF16/AMX); `fp32` / `bf16` as given."""
-    cuda_bf16 = device_type == "cuda" and torch.cuda.is_bf16_supported()
-    if setting == "auto":
-        return "bf16" if cuda_bf16 else "fp32"
-    if setting == "fast":
-        return "bf16" if cuda_bf16 or (device_type == "cpu" and cpu_supports_bf16()) else "fp32"
-    return setting
-
-
-def pick_device(trainer) -> RunDevice:
-    """`trainer.device=auto` picks cuda, then mps, then cpu; precision and layout follow the device."""
-    if trainer.device == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    else:
-        name = str(trainer.device)
+def pick_device(trainer, recorded_precision: str | None = None) -> RunDevice:
+    """`trainer.device=auto` picks cuda, then mps, then cpu; precision and layout follow the device.
+    `recorded_precision`: what a run being resumed computed in so far; `auto`/`fast` keep it, so a run
+    resumed on another kind of device cannot switch precision halfway (the switch is printed)."""
+    name = detect_device_type() if trainer.device == "auto" else str(trainer.device)
     device = torch.device(name)
+    if trainer.get("cuda_graphs", False) and device.type != "cuda":
+        from experiments.checks import ConfigError
+        raise ConfigError(f"trainer.cuda_graphs=true needs a CUDA GPU, and this run is on {device.type}; "
+                          f"set trainer.cuda_graphs=false")
     threads = available_cores() if trainer.threads == "auto" else int(trainer.threads)
     torch.set_num_threads(threads)
-    precision = resolve_precision(trainer.precision, device.type)
+    native = native_bf16(device)
+    precision = resolve_precision(trainer.precision, device.type, native)
+    note = None
+    if recorded_precision in ("fp32", "bf16") and trainer.precision in ("auto", "fast") \
+            and recorded_precision != precision:
+        note = (f"trainer.precision={trainer.precision} gives {precision} on this {device.type}, but this run "
+                f"started in {recorded_precision} (trainer.precision_used in its config.yaml): it continues "
+                f"in {recorded_precision}")
+        precision = recorded_precision
+    elif device.type == "cuda" and trainer.precision in ("auto", "fast") and not native:
+        major, minor = torch.cuda.get_device_capability(device)
+        note = (f"trainer.precision={trainer.precision} gives fp32: {torch.cuda.get_device_name(device)} "
+                f"(compute capability {major}.{minor}) has no native bf16")
+    elif precision == "bf16" and not native:
+        note = f"trainer.precision=bf16 on a {device.type} without native bf16: emulated, likely slower than fp32"
     channels_last = device.type in ("cuda", "cpu") if trainer.channels_last == "auto" else bool(trainer.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
-    return RunDevice(device, precision, channels_last, bool(trainer.compile), threads)
+    return RunDevice(device, precision, channels_last, bool(trainer.compile), threads,
+                     bool(trainer.get("cuda_graphs", False)), note)
+
+
+# -- one run per GPU under LAUNCHER=joblib ----------------------------------------------------------------
+_CLAIMED: tuple | None = None  # (slot lock, GPU id) held for this worker process's life
+
+
+def claim_gpu(slots_dir: Path, max_slots: int = 1024) -> str | None:
+    """Pin this joblib worker to one visible GPU before CUDA starts: the worker takes the lowest free
+    slot (a lock file, released when the process ends) and slot k takes GPU k mod n, so concurrent runs
+    spread round-robin and JOBS may exceed the GPU count. A worker keeps its GPU for every later run
+    (its CUDA context lives on it). Returns the GPU id, or None with fewer than two GPUs."""
+    global _CLAIMED
+    if _CLAIMED is not None:
+        return _CLAIMED[1]
+    gpus = visible_gpus()
+    if len(gpus) < 2 or torch.cuda.is_initialized():  # nothing to spread, or too late to choose
+        return None
+    from filelock import FileLock, Timeout
+    slots_dir.mkdir(parents=True, exist_ok=True)
+    for slot in range(max_slots):
+        lock = FileLock(slots_dir / f"slot-{slot}.lock", timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            continue
+        gpu = gpus[slot % len(gpus)]
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+        _CLAIMED = (lock, gpu)
+        return gpu
+    return None

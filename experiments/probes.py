@@ -13,15 +13,19 @@ from experiments.models import conv_layers, response_layers
 @torch.no_grad()
 def evaluate(model, batches, autocast, eval_batch_size: int, with_responses: bool = False):
     """Loss and error (%) over the evaluation split; with `with_responses`, also the std of every
-    3x3 layer's BN output (after BN, before ReLU / addition) over all of it."""
+    3x3 layer's BN output (after BN, before ReLU / addition) over all of it. No host sync until the
+    end: element counts are host integers, sums stay on the device."""
     layers = response_layers(model) if with_responses else []
-    sums = [None] * len(layers)  # running (count, sum, sum of squares), float64 for accuracy
+    counts = [0] * len(layers)
+    sums = [None] * len(layers)  # per layer: running (sum, sum of squares) on the device
+    # Per-batch sums are fp32 (pairwise); accumulated in fp64 where the device has it (not MPS).
+    acc_dtype = torch.float32 if batches.device.type == "mps" else torch.float64
 
     def hook(i):
         def record(_m, _inp, out):
-            o = out.detach().float()  # per-batch sums in fp32 (pairwise), accumulated in fp64
-            s = torch.stack([torch.tensor(float(o.numel()), dtype=torch.float64, device=o.device),
-                             o.sum().double(), o.square().sum().double()])
+            o = out.detach().float()
+            s = torch.stack([o.sum(), o.square().sum()]).to(acc_dtype)
+            counts[i] += o.numel()
             sums[i] = s if sums[i] is None else sums[i] + s
         return record
 
@@ -43,7 +47,7 @@ def evaluate(model, batches, autocast, eval_batch_size: int, with_responses: boo
     result = {"test_loss": float(loss_sum) / n, "test_err": 100.0 * float(wrong) / n}
     if with_responses:
         stds = []
-        for cnt, s, sq in (t.tolist() for t in sums):
+        for cnt, (s, sq) in zip(counts, torch.stack(sums).tolist()):  # one copy to the host for all layers
             mean = s / cnt
             stds.append(max(sq / cnt - mean * mean, 0.0) ** 0.5)
         result["response_std"] = stds
@@ -58,4 +62,4 @@ def gradient_norms(model, x, y, autocast) -> list[float]:
     with autocast():
         loss = F.cross_entropy(probe(x).float(), y)
     loss.backward()
-    return [float(m.weight.grad.float().norm()) for _, m in conv_layers(probe)]
+    return torch.stack([m.weight.grad.float().norm() for _, m in conv_layers(probe)]).tolist()  # one host copy

@@ -27,7 +27,9 @@ from omegaconf import OmegaConf
 from experiments.checks import ConfigError, check_config
 from experiments import CONF
 from experiments.data import DataError, DataUnavailable, prepare_source
-from experiments.device import available_cores, cpu_name, resolve_precision
+from experiments.device import (
+    available_cores, cpu_name, detect_device_type, nvml_gpu_name, planned_native_bf16, resolve_precision,
+)
 from experiments.models import build_from_config, count_macs
 from experiments.runfiles import FORMAT_VERSION, atomic_write_json, read_json, run_dir
 
@@ -119,7 +121,11 @@ def expand(args) -> list[list[str]]:
 
 
 def plan(args) -> list[PlannedRun]:
+    """Every run with its status and cost. Never starts CUDA: a context here would hold GPU memory for the
+    whole sweep (device type and native bf16 come from NVML, MACs from the meta device)."""
     runs = []
+    device = _device_type()
+    native = planned_native_bf16(device)
     with initialize_config_dir(str(CONF), version_base="1.3"):
         jobs = expand(args)
         print(f"planning {len(jobs)} runs of {args.exp}: composing and checking each config, counting each "
@@ -137,7 +143,7 @@ def plan(args) -> list[PlannedRun]:
                 "training" if locked_elsewhere(folder) else "partial" if (folder / "last.pt").exists() else "to do")
             runs.append(PlannedRun(overrides, folder, status, cfg.schedule.iterations,
                                    cfg.schedule.iterations * cfg.optim.batch_size, _macs(m),
-                                   resolve_precision(cfg.trainer.precision, _device_type()),
+                                   resolve_precision(cfg.trainer.precision, device, native),
                                    OmegaConf.to_container(cfg.data, resolve=True)))
     return runs
 
@@ -147,8 +153,9 @@ _MAC_CACHE: dict = {}
 
 def _macs(m) -> int:
     key = tuple(sorted((k, str(v)) for k, v in m.items()))
-    if key not in _MAC_CACHE:  # MACs are counted by a real forward pass; cache per architecture
-        _MAC_CACHE[key] = count_macs(build_from_config(m))
+    if key not in _MAC_CACHE:  # counted by a forward pass on the meta device: shapes only, no memory
+        with torch.device("meta"):
+            _MAC_CACHE[key] = count_macs(build_from_config(m))
     return _MAC_CACHE[key]
 
 
@@ -163,8 +170,8 @@ def bench_files(results: str) -> list[Path]:
 
 def this_device() -> dict:
     """What a benchmark must have run on to calibrate this machine: device type, name, CPU threads."""
-    if torch.cuda.is_available():
-        return {"device": "cuda", "device_name": torch.cuda.get_device_name(0)}
+    if detect_device_type() == "cuda":  # named through NVML: the planner never starts CUDA (issue 17)
+        return {"device": "cuda", "device_name": nvml_gpu_name()}
     return {"device": "cpu", "device_name": cpu_name(), "threads": available_cores()}
 
 
@@ -190,7 +197,8 @@ def estimate_seconds(run: PlannedRun, device: str, rates: dict) -> float:
 
 
 def _device_type() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """cuda or cpu (the estimates know these two), without starting CUDA."""
+    return "cuda" if detect_device_type() == "cuda" else "cpu"
 
 
 def print_plan(runs: list[PlannedRun], args) -> None:

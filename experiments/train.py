@@ -5,6 +5,7 @@ from its checkpoint, train with evaluation points, write summary.json last and a
 """
 from __future__ import annotations
 
+import copy
 import shutil
 import signal
 import subprocess
@@ -21,8 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 from experiments import CONF
 from experiments.checks import ConfigError, check_config
 from experiments.data import DEFAULT_AUGMENT, DataError, DeviceBatches, load_data
-from experiments.device import RunDevice, pick_device
+from experiments.device import RunDevice, claim_gpu, pick_device
 from experiments.faults import fault_point
+from experiments.graphs import GraphedStep
 from experiments.models import (
     arch_kind, block_name, build_from_config, count_macs, count_params, model_name, response_layers,
     shortcut_name,
@@ -67,6 +69,23 @@ def saved_result_config(path: Path) -> dict | None:
         return result_config(OmegaConf.load(path))
     except Exception:  # missing or unreadable: nothing to compare against
         return None
+
+
+def recorded_precision(path: Path) -> str | None:
+    """The precision a run computed in so far (trainer.precision_used, written since the GPU path
+    landed; older configs do not have it)."""
+    try:
+        return OmegaConf.select(OmegaConf.load(path), "trainer.precision_used")
+    except Exception:
+        return None
+
+
+def config_yaml(cfg: DictConfig, dev: RunDevice) -> str:
+    """The run's resolved config, plus what `auto`/`fast` resolved to on this machine, so a resume on
+    another kind of device continues in the same precision (pick_device)."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved["trainer"]["precision_used"] = dev.precision
+    return OmegaConf.to_yaml(resolved)
 
 
 def folder_of(cfg: DictConfig) -> Path:
@@ -152,10 +171,12 @@ def _run_locked(cfg: DictConfig, folder: Path) -> dict:
     else:
         for stale in (summary_path, ckpt_path, folder / "metrics.jsonl"):
             stale.unlink(missing_ok=True)
-    atomic_write_text(folder / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    resuming = cfg.trainer.resume and ckpt_path.exists()
+    dev = pick_device(cfg.trainer, recorded_precision(folder / "config.yaml") if resuming else None)
+    atomic_write_text(folder / "config.yaml", config_yaml(cfg, dev))
     summary_path.unlink(missing_ok=True)  # a failed summary from an earlier try is stale now
     try:
-        summary = Trainer(cfg, folder).fit()
+        summary = Trainer(cfg, folder, dev).fit()
     except (ConfigError, DataError, Interrupted, WriteError):  # not results: nothing to record
         raise
     except Exception as e:  # a crash is a result of this run, not of the sweep
@@ -176,9 +197,14 @@ def base_summary(cfg: DictConfig) -> dict:
 
 
 class Trainer:
-    def __init__(self, cfg: DictConfig, folder: Path):
+    """One run's model, data, optimiser and loop. What `make bench` and `make gpu-check` use: `step_on`,
+    `train_iteration`, `first_nonfinite`; `fit` is the run."""
+
+    def __init__(self, cfg: DictConfig, folder: Path, dev: RunDevice | None = None):
         self.cfg, self.folder = cfg, folder
-        self.dev: RunDevice = pick_device(cfg.trainer)
+        self.dev: RunDevice = dev or pick_device(cfg.trainer)
+        if self.dev.note:
+            print(f"note: {self.dev.note}", flush=True)
         torch.manual_seed(cfg.seed)  # initialisation; data order and augmentation are seeded in DeviceBatches
         m = cfg.model
         self.model = build_from_config(m)
@@ -194,7 +220,12 @@ class Trainer:
         self.opt = torch.optim.SGD(self.model.parameters(), lr=self.schedule.lr_at(0), momentum=cfg.optim.momentum,
                                    weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov,
                                    **self.dev.sgd_kwargs)
-        self.step_fn = self.dev.maybe_compile(self._step)
+        self.lr = self.schedule.lr_at(0)  # host copy: under CUDA graphs the optimizer's lr is a device tensor
+        # torch.compile the model, not the step: a compiled step breaks at backward and recompiles the optimizer.
+        self.model_fn = torch.compile(self.model) if self.dev.compile else self.model
+        # CUDA graphs: the whole step, captured at its first call (after any resume); experiments/graphs.py.
+        self.graphed = GraphedStep(self._step, self.model, self.opt, capture=self.dev.device.type == "cuda") \
+            if self.dev.cuda_graphs else None
         self.iteration, self.elapsed, self.warmup_end = 0, 0.0, None
         self.running_err = RunningError()  # the warm-up's window of recent batches
         self.acc = {"loss": 0.0, "wrong": 0, "seen": 0, "warmup": False, "t": 0.0}
@@ -204,23 +235,39 @@ class Trainer:
     # -- one optimisation step ------------------------------------------------------------
     def _step(self, x, y):
         with self.dev.autocast():
-            logits = self.model(x)
+            logits = self.model_fn(x)
             loss = F.cross_entropy(logits.float(), y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
         return loss.detach(), (logits.argmax(1) != y).sum()
 
+    def step_on(self, x, y) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimisation step on the batch (x, y), at the current lr: (loss, wrong count), on the device."""
+        return self.graphed(x, y) if self.graphed is not None else self._step(x, y)
+
+    def set_lr(self, lr: float) -> None:
+        if self.graphed is not None:
+            self.graphed.set_lr(lr)
+        else:
+            for g in self.opt.param_groups:
+                g["lr"] = lr
+        self.lr = lr
+
+    def first_nonfinite(self) -> int | None:
+        """The iteration whose loss first was not finite, or None; a host sync (fit does it every 50 steps)."""
+        bad = int(self.first_bad)
+        return bad if bad >= 0 else None
+
     def train_iteration(self, warming: bool) -> tuple[float, torch.Tensor]:
         """One iteration of the loop (also what `make bench` times): the scheduled lr, the run's
         batch, the step, and on-device sums with no host sync. Returns the lr and the wrong count."""
         it = self.iteration
         lr = self.schedule.lr_at(it, warming)
-        if self.opt.param_groups[0]["lr"] != lr:
-            for g in self.opt.param_groups:
-                g["lr"] = lr
+        if self.lr != lr:
+            self.set_lr(lr)
         x, y = self.batches.train_batch(it)
-        loss, wrong = self.step_fn(x, y)
+        loss, wrong = self.step_on(x, y)
         # The first non-finite loss, found later without a sync per step.
         self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(loss), it + 1, self.first_bad)
         self.acc["loss"] = self.acc["loss"] + loss * len(y)
@@ -232,19 +279,26 @@ class Trainer:
 
     # -- checkpoint -------------------------------------------------------------------------
     def save(self):
+        opt = self.opt.state_dict()
+        for g in opt["param_groups"]:  # a float, not the CUDA graph's device tensor: portable across devices
+            g["lr"] = self.lr
         atomic_torch_save(self.folder / "last.pt", {
             "format_version": FORMAT_VERSION, "iteration": self.iteration, "elapsed": self.elapsed,
-            "warmup_end": self.warmup_end, "warmup_window": self.running_err.state(), "acc": self.acc, "model": self.model.state_dict(),
-            "opt": self.opt.state_dict(), "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "warmup_end": self.warmup_end, "warmup_window": self.running_err.state(), "acc": self.acc,
+            "model": self.model.state_dict(), "opt": opt, "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.dev.device.type == "cuda" else None,
         })
 
     def load(self) -> bool:
+        """Resume from last.pt. Everything is read onto the CPU (the RNG states must stay there:
+        `set_rng_state` takes only a CPU ByteTensor); `load_state_dict` copies weights and momentum onto
+        the run's device. Any failure leaves the fresh model and optimiser as they were and retrains."""
         path = self.folder / "last.pt"
         if not (self.cfg.trainer.resume and path.exists()):
             return False
+        fresh = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.opt.state_dict()), torch.get_rng_state())
         try:
-            state = torch.load(path, map_location=self.dev.device, weights_only=False)
+            state = torch.load(path, map_location="cpu", weights_only=False)
             gap = self._metrics_gap(state["iteration"])
             if gap:  # the curve before the checkpoint is damaged: only a fresh run can redo it exactly
                 print(f"warning: {gap}; training this run from the start", file=sys.stderr)
@@ -252,17 +306,25 @@ class Trainer:
                 return False
             self.model.load_state_dict(state["model"])
             self.opt.load_state_dict(state["opt"])
+            for g in self.opt.param_groups:  # this device's SGD kernel, whichever device saved the checkpoint
+                g.update(self.dev.sgd_kwargs)
+            torch.set_rng_state(state["torch_rng"])
+            if state.get("cuda_rng") is not None and self.dev.device.type == "cuda":
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
+            acc = {k: v.to(self.dev.device) if isinstance(v, torch.Tensor) else v for k, v in state["acc"].items()}
+            iteration, elapsed, warmup_end = state["iteration"], state["elapsed"], state["warmup_end"]
+            window = list(state.get("warmup_window", []))
         except Exception as e:  # a truncated or corrupt checkpoint: retrain rather than crash
             print(f"warning: {path} is unreadable ({type(e).__name__}); training this run from the start",
                   file=sys.stderr)
+            self.model.load_state_dict(fresh[0])
+            self.opt.load_state_dict(fresh[1])
+            torch.set_rng_state(fresh[2])
             path.unlink(missing_ok=True)
             return False
-        self.iteration, self.elapsed = state["iteration"], state["elapsed"]
-        self.warmup_end, self.acc = state["warmup_end"], state["acc"]
-        self.running_err.batches = list(state.get("warmup_window", []))
-        torch.set_rng_state(state["torch_rng"])
-        if state.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.iteration, self.elapsed, self.warmup_end, self.acc = iteration, elapsed, warmup_end, acc
+        self.running_err.batches = window
+        self.lr = float(self.opt.param_groups[0]["lr"])
         print(f"{self.folder}: resuming from last.pt at iteration {self.iteration}", flush=True)
         return True
 
@@ -302,8 +364,8 @@ class Trainer:
                         warming, self.warmup_end = False, self.iteration
                 eval_now = self.iteration % tr.eval_every == 0 or self.iteration == total
                 if eval_now or self.iteration % 50 == 0 or self.stop_signal:
-                    if int(self.first_bad) >= 0:
-                        bad_at = int(self.first_bad)
+                    bad_at = self.first_nonfinite()
+                    if bad_at is not None:
                         break
                     progress.update(self.iteration, lr, self.acc)
                 if eval_now:
@@ -401,7 +463,10 @@ class Trainer:
 def main(cfg: DictConfig) -> dict | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
-    in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+    hc = HydraConfig.get()
+    in_sweep = hc.mode == RunMode.MULTIRUN
+    if in_sweep and "joblib" in str(hc.launcher.get("_target_", "")).lower() and cfg.trainer.device in ("auto", "cuda"):
+        claim_gpu(Path(hc.sweep.dir) / ".gpu-slots")  # one run per GPU, chosen before this worker starts CUDA
     try:
         summary = run(cfg)
     except (ConfigError, DataError) as e:

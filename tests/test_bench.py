@@ -131,7 +131,7 @@ def test_suite_fp32_step_follows_a_plain_training_loop():
             if q in tr.opt.state:
                 sgd[1].state[p] = {k: v.clone() for k, v in tr.opt.state[q].items()}
         before = _flat(tr.model)
-        suite.append(float(tr.step_fn(x, y)[0]))
+        suite.append(float(tr.step_on(x, y)[0]))
         plain.append(_plain_step(same_layout, sgd[0], x, y))
         forced.append(_plain_step(nchw, sgd[1], x.contiguous(), y))
         after = _flat(tr.model)
