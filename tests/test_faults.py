@@ -8,7 +8,6 @@ both runs share one process, so the n-th checkpoint of the sweep is run 1's for 
 """
 from __future__ import annotations
 
-import logging
 import os
 import random
 import re
@@ -380,7 +379,7 @@ def _tree(root: Path) -> Path:
 
 
 @pytest.mark.parametrize("damage", [pytest.param(_truncate, marks=SLOW), "flip"], ids=["truncated", "flipped-byte"])
-def test_a_corrupt_data_cache_is_named_rebuilt_identically_and_the_run_completes(damage, tmp_path, caplog):
+def test_a_corrupt_data_cache_is_named_rebuilt_identically_and_the_run_completes(damage, tmp_path, capsys):
     tree, cache = _tree(tmp_path / "pngs"), tmp_path / "cache"
     base = [t for t in TINY if not t.startswith("data")]
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
@@ -396,9 +395,10 @@ def test_a_corrupt_data_cache_is_named_rebuilt_identically_and_the_run_completes
         train_file.write_bytes(bytes(raw))
     else:
         damage(train_file)
-    with caplog.at_level(logging.WARNING, logger="experiments.data"):
-        assert train_mod.run(cfgs[1])["status"] == "completed"
-    assert f"data cache {train_file} is corrupt" in caplog.text and "rebuilding it" in caplog.text
+    capsys.readouterr()
+    assert train_mod.run(cfgs[1])["status"] == "completed"
+    err = capsys.readouterr().err  # a warning goes to stderr, marked as one
+    assert f"warning: data cache {train_file} is corrupt" in err and "rebuilding it" in err
     rebuilt = torch.load(train_file, weights_only=True)
     assert all(torch.equal(rebuilt[k], good[k]) for k in ("images", "labels")) and rebuilt["digest"] == good["digest"]
 
