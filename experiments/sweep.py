@@ -407,11 +407,13 @@ def report(runs: list[PlannedRun], errors: dict[str, str] | None = None) -> int:
               f"to retrain them, delete those folders and rerun the same command", file=sys.stderr)
     if unfinished:
         print(f"{len(unfinished)} run(s) did not complete; rerun the same command to resume them", file=sys.stderr)
-    for r in refused:  # rerunning cannot help: the user must change something first
-        print(f"error: {r.folder}: {errors[str(r.folder)]}", file=sys.stderr)
-    if refused:
-        print(f"{len(refused)} run(s) stopped on the error(s) above; fix them, then rerun the same command",
-              file=sys.stderr)
+    planned = {str(r.folder) for r in runs}
+    unplanned = [(run, error) for run, error in errors.items() if run not in planned]
+    for run, error in [(str(r.folder), errors[str(r.folder)]) for r in refused] + unplanned:
+        print(f"error: {run}: {error}", file=sys.stderr)  # rerunning cannot help: something must change first
+    if refused or unplanned:
+        print(f"{len(refused) + len(unplanned)} run(s) stopped on the error(s) above; fix them, then rerun the "
+              f"same command", file=sys.stderr)
         return 2
     return 1 if unfinished or damaged else 0
 

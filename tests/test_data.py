@@ -213,7 +213,7 @@ def test_command_line_reports_error_in_one_line(tmp_path):
     out = subprocess.run([sys.executable, "-m", "experiments.data", "data=cifar10", f"data.root={tmp_path}",
                           "data.download=false", f"data.cache_dir={tmp_path}/cache"],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.startswith("error: CIFAR-10 not found") and out.stderr.count("\n") == 1
     assert_no_cache(tmp_path)
 
