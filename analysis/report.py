@@ -19,6 +19,7 @@ import os
 import shutil
 import sys
 import tempfile
+from contextlib import suppress
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -239,9 +240,11 @@ class Staging:
         return staged
 
     def commit(self, stale: list[Path]) -> None:
-        for relative in self.files:
+        for relative in self.files:  # folders first: a file in the way fails before anything moved
             self.current = self.root / relative
             self.current.parent.mkdir(parents=True, exist_ok=True)
+        for relative in self.files:  # renames within one disk: no space needed, each one atomic
+            self.current = self.root / relative
             os.replace(self.dir / relative, self.current)
         for path in stale:  # a figure skipped now must not linger from an older run
             self.current = path
@@ -261,11 +264,12 @@ def remove_leftovers(root: Path) -> None:
     """Hidden files a killed report left: staging folders, and the temp files of older versions."""
     for stage in root.glob(f"{STAGE_PREFIX}*"):
         shutil.rmtree(stage, ignore_errors=True)
-    olds = [*root.glob(".report.md.*"), *root.glob(".report.html.*"),
-            *(p for folder in OUTPUT_FOLDERS for p in (root / folder).glob(".*"))]
+    olds = [*root.glob(".report.md.*"), *root.glob(".report.html.*"),  # atomic_write's temp names
+            *(p for ext in ("png", "svg", "csv") for folder in OUTPUT_FOLDERS
+              for p in (root / folder).glob(f".*.{ext}.*"))]
     for tmp in olds:
-        if tmp.is_file():
-            tmp.unlink(missing_ok=True)
+        with suppress(OSError):  # cleaning up is best effort; the writes that follow say what fails
+            tmp.unlink()
 
 
 def _write_text(path: Path, text: str) -> None:
