@@ -369,8 +369,8 @@ def read_errors(path: str | None) -> dict[str, str]:
 
 def curve_lost(folder: Path, summary: dict) -> bool:
     """A completed run whose metrics.jsonl no longer reaches its last iteration: deleted, emptied or cut."""
-    done = summary.get("iterations_done")
-    return not any(r.get("iter") == done for r in read_metrics(folder / "metrics.jsonl"))
+    done, rows = summary.get("iterations_done"), read_metrics(folder / "metrics.jsonl")
+    return not rows or (isinstance(done, int) and not any(r["iter"] == done for r in rows))
 
 
 def report(runs: list[PlannedRun], errors: dict[str, str] | None = None) -> int:
