@@ -593,9 +593,9 @@ def test_a_changed_config_is_refused_by_the_checkpoint_when_config_yaml_is_lost(
     checkpoint = (folder / "last.pt").read_bytes()
     with pytest.raises(ConfigError) as refused:
         train_mod.run(tiny_cfg(tmp_path, "schedule.iterations=60"))
-    assert str(refused.value) == (f"{folder} holds a run with a different config (schedule.iterations, per its "
-                                  f"last.pt); use trainer.resume=false to start it over or experiment_name=... "
-                                  f"for a new folder")
+    assert str(refused.value) == (f"{folder} holds a run with a different config (schedule.iterations, "
+                                  f"schedule.milestones, per its last.pt); use trainer.resume=false to start it "
+                                  f"over or experiment_name=... for a new folder")
     assert (folder / "last.pt").read_bytes() == checkpoint and not (folder / "summary.json").exists()
     capsys.readouterr()
     train_mod.run(tiny_cfg(tmp_path))  # the config it was started with resumes it
