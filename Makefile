@@ -19,6 +19,9 @@ JOBS ?= 1
 DRY ?=
 ## ARGS       any Hydra overrides for every run, comma lists sweep: ARGS='model.depth=20,32 seed=3'
 ARGS ?=
+# Paths reach the recipes through the environment, quoted there ("$$RESULTS"): a space, a comma, a
+# quote or a non-ASCII letter in a path is then part of the path, never shell or make syntax.
+export RESULTS DATA_ROOT
 
 .DEFAULT_GOAL := help
 .PHONY: help setup test test-all sweep plots report bench gpu-check data clean
@@ -44,13 +47,13 @@ test-all: setup  ## every test, the slow ones included
 
 sweep: setup  ## train an experiment: make sweep [EXP=quick] [SEEDS=n] [DATA=... DATA_ROOT=...] [RESULTS=...] [LAUNCHER=...] [JOBS=n] [DRY=1] [ARGS=...]
 	$(PY) -m experiments.sweep --exp $(EXP) --seeds $(SEEDS) --launcher $(LAUNCHER) --jobs $(JOBS) \
-		--results $(RESULTS) $(if $(DATA),--data $(DATA)) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) $(if $(DRY),--dry-run) $(ARGS)
+		--results "$$RESULTS" $(if $(DATA),--data $(DATA)) $(if $(DATA_ROOT),--data-root "$$DATA_ROOT") $(if $(DRY),--dry-run) $(ARGS)
 
 plots: setup  ## write the figures of an experiment: make plots [EXP=quick]
-	$(PY) -m analysis.report --results $(RESULTS)/$(EXP) --figures-only
+	$(PY) -m analysis.report --results "$$RESULTS/$(EXP)" --figures-only
 
 report: setup  ## write figures, tables and report.html/report.md: make report [EXP=quick]
-	$(PY) -m analysis.report --results $(RESULTS)/$(EXP)
+	$(PY) -m analysis.report --results "$$RESULTS/$(EXP)"
 
 bench: setup  ## throughput of the suite vs a conventional PyTorch pipeline on this device
 	$(PY) -m experiments.bench
@@ -59,7 +62,7 @@ gpu-check: setup  ## on a GPU: resume, sync audit, profile, bench options, shari
 	$(PY) -m experiments.gpu_check
 
 data: setup  ## show what the configured data source holds: make data [DATA=cifar10_folder DATA_ROOT=...]
-	$(PY) -m experiments.data $(if $(DATA),data=$(DATA)) $(if $(DATA_ROOT),data.root=$(DATA_ROOT))
+	$(PY) -m experiments.data $(if $(DATA),data=$(DATA)) $(if $(DATA_ROOT),--data-root "$$DATA_ROOT")
 
 clean:  ## remove the virtual environment and caches (never results)
 	rm -rf .venv .pytest_cache build *.egg-info

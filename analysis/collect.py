@@ -9,6 +9,10 @@ Robust to partial sweeps, because a report is often made while a sweep still run
 - a run without summary.json is "running/incomplete": its curves are shown, its numbers
   are not used (a run half-way through would bias the final-error tables);
 - an unreadable summary.json makes the run "corrupt", listed but excluded;
+- a "completed" run whose curve is gone (metrics.jsonl deleted, emptied or cut before its last
+  iteration) or whose final errors are not finite is "damaged", listed but excluded;
+- a run folder of a kind this analysis does not know (runs/vgg-16-none/) is a warning, not a crash;
+- plan.json (written by `make sweep`) names every planned run: one that never started is listed;
 - a format_version newer than ours stops everything with a clear error, since guessing
   the meaning of a future format would silently produce wrong numbers.
 """
@@ -25,7 +29,10 @@ import pandas as pd
 import yaml
 
 FORMAT_VERSION = 1
-COMPLETED, INCOMPLETE, CORRUPT = "completed", "running/incomplete", "corrupt"
+COMPLETED, INCOMPLETE, CORRUPT, DAMAGED = "completed", "running/incomplete", "corrupt", "damaged"
+NOT_STARTED, MISSING = "not started", "missing"
+# The network kinds (run-name prefixes) and their shortcut options that the tables and figures know.
+KINDS = {"plain": ("none",), "resnet": ("A", "B", "C"), "preact": ("A", "B", "C")}
 RUN_NAME = re.compile(r"^(?P<arch>[A-Za-z]+)-(?P<depth>\d+)-(?P<shortcut>\w+)$")
 SEED_DIR = re.compile(r"^seed=(?P<seed>\d+)$")
 METRIC_FIELDS = ("epoch", "lr", "warmup", "train_loss", "train_err", "test_loss", "test_err",
@@ -52,7 +59,7 @@ class Results:
     metrics: pd.DataFrame     # one row per (run, evaluation point)
     probes: pd.DataFrame      # one row per (run, probe, layer): response_std and grad_norm
     configs: dict[str, dict]  # run_id -> resolved config.yaml
-    missing: pd.DataFrame     # (arch, depth, shortcut, seed) with no run folder at all
+    missing: pd.DataFrame     # (arch, depth, shortcut, seed, status, note) with no run folder at all
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -169,6 +176,11 @@ def _read_run(run_dir: Path, root: Path, warnings: list[str]):
     if ident is None:
         warnings.append(f"{run_dir}: cannot tell arch/depth from folder or files; skipped")
         return None
+    if ident["shortcut"] not in KINDS.get(ident["arch"], ()):
+        known = "; ".join(f"{k}-<depth>-{'|'.join(v)}" for k, v in KINDS.items())
+        warnings.append(f"{run_dir}: a run of a kind this analysis does not know "
+                        f"({ident['arch']}, shortcut {ident['shortcut']}; it knows {known}); not analysed")
+        return None
     run_id = run_dir.relative_to(root / "runs").as_posix()
     status = summary["status"] if summary else (CORRUPT if summary_path.exists() else INCOMPLETE)
     data = config.get("data") or {}
@@ -190,10 +202,27 @@ def _read_run(run_dir: Path, root: Path, warnings: list[str]):
     if status == COMPLETED:
         # A completed summary should carry its final numbers; the last point is the fallback.
         for name in ("train_err", "test_err"):
-            if not math.isfinite(_number(row[f"final_{name}"])):
+            if row[f"final_{name}"] is None:
                 row[f"final_{name}"] = row[f"last_{name}"]
+        damage = _damage(row, records)
+        if damage:
+            row["status"], row["error"] = DAMAGED, damage
     layers = (summary or {}).get("response_layers")
     return run_id, row, config, records, layers if isinstance(layers, list) else None
+
+
+def _damage(row: dict, records: list[dict]) -> str | None:
+    """Why a run that says "completed" is not a clean result, or None."""
+    done = row["iterations_done"]
+    if not records:
+        return "summary says completed but metrics.jsonl is missing or empty: the curve is lost"
+    if isinstance(done, int) and not any(r["iter"] == done for r in records):
+        return (f"summary says completed at iter {done} but metrics.jsonl ends at iter {records[-1]['iter']}: "
+                f"the curve is cut short")
+    bad = [n for n in ("final_train_err", "final_test_err") if not math.isfinite(_number(row[n]))]
+    if bad:
+        return f"{' and '.join(bad)} not a finite number ({', '.join(repr(row[n]) for n in bad)})"
+    return None
 
 
 def _metric_rows(run_id: str, ident: dict, records: list[dict]) -> list[dict]:
@@ -225,15 +254,49 @@ def _probe_rows(run_id: str, ident: dict, records: list[dict], layers: list | No
     return rows
 
 
-def _missing(runs: pd.DataFrame) -> pd.DataFrame:
-    """Configurations lacking a seed that other configurations have: a sweep that has not
-    reached them yet, or a run that was never launched. Said out loud, never dropped."""
+def read_plan(root: Path, warnings: list[str]) -> list[dict]:
+    """The runs `make sweep` planned (plan.json) as identities; [] without a readable plan."""
+    path = root / "plan.json"
+    if not path.exists():
+        return []
+    try:
+        plan = json.loads(path.read_text())
+        names = plan["runs"]
+        _check_version(plan.get("format_version"), path, "")
+        if not isinstance(names, list):
+            raise TypeError("'runs' is not a list")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        warnings.append(f"{path}: unreadable ({exc}); planned runs that never started cannot be listed")
+        return []
+    planned = []
+    for name in names:
+        parts = Path(str(name)).parts  # runs/<arch>-<depth>-<shortcut>/seed=<k>
+        named = RUN_NAME.match(parts[1]) if len(parts) == 3 and parts[0] == "runs" else None
+        seed = SEED_DIR.match(parts[2]) if named else None
+        if not seed:
+            warnings.append(f"{path}: planned run {name!r} is not runs/<arch>-<depth>-<shortcut>/seed=<k>; ignored")
+            continue
+        planned.append({"arch": named["arch"], "depth": int(named["depth"]),
+                        "shortcut": named["shortcut"], "seed": int(seed["seed"])})
+    return planned
+
+
+def _missing(runs: pd.DataFrame, planned: list[dict]) -> pd.DataFrame:
+    """Runs with no folder: planned by the sweep but not started yet (or never launched), and
+    configurations lacking a seed that other configurations have. Said out loud, never dropped."""
     present = set(map(tuple, runs[IDENTITY].itertuples(index=False)))
+    rows = {}
+    for ident in planned:
+        key = tuple(ident[k] for k in IDENTITY)
+        if key not in present:
+            rows[key] = {**ident, "status": NOT_STARTED,
+                         "note": "not started: planned by the sweep (plan.json), no run folder yet"}
     nets = sorted(set(map(tuple, runs[["arch", "depth", "shortcut"]].itertuples(index=False))))
-    seeds = sorted(set(runs["seed"]))
-    rows = [dict(zip(IDENTITY, (*net, seed))) for net, seed in product(nets, seeds)
-            if (*net, seed) not in present]
-    return pd.DataFrame(rows, columns=IDENTITY)
+    for net, seed in product(nets, sorted(set(runs["seed"]))):
+        if (*net, seed) not in present and (*net, seed) not in rows:
+            rows[(*net, seed)] = {**dict(zip(IDENTITY, (*net, seed))), "status": MISSING,
+                                  "note": "missing: no run folder (other networks have this seed)"}
+    return pd.DataFrame(list(rows.values()), columns=[*IDENTITY, "status", "note"])
 
 
 def collect(root: Path | str) -> Results:
@@ -267,4 +330,4 @@ def collect(root: Path | str) -> Results:
     return Results(root=root, runs=runs,
                    metrics=metrics.sort_values(["run_id", "iter"], ignore_index=True),
                    probes=probes.sort_values(["run_id", "probe", "layer"], ignore_index=True),
-                   configs=configs, missing=_missing(runs), warnings=warnings)
+                   configs=configs, missing=_missing(runs, read_plan(root, warnings)), warnings=warnings)

@@ -13,7 +13,7 @@ import math
 import pandas as pd
 
 from analysis import paper, stats
-from analysis.collect import COMPLETED, Results
+from analysis.collect import COMPLETED, DAMAGED, Results
 
 NET = ["arch", "shortcut", "depth"]
 
@@ -258,6 +258,8 @@ def inventory(results: Results) -> pd.DataFrame:
             notes.append(f"diverged{at}; not counted")
         elif run.status == "corrupt":
             notes.append("corrupt: summary.json unreadable; not counted")
+        elif run.status == DAMAGED:
+            notes.append(f"damaged: {run.error}; not counted")
         else:  # running/incomplete, failed, or a status this analysis does not know
             seen = ("no evaluation point yet" if pd.isna(run.last_iter) else
                     f"last point iter {int(run.last_iter)}, train err {run.last_train_err:.2f}%, "
@@ -273,9 +275,8 @@ def inventory(results: Results) -> pd.DataFrame:
         "best_over_training_test_err": runs["best_test_err"],
         "best_over_training_iter": integers(runs["best_test_iter"]), "wall_time_s": runs["wall_time_s"],
         "note": notes})
-    missing = results.missing.assign(
-        run=lambda m: m["arch"] + "-" + m["depth"].astype(str) + "-" + m["shortcut"],
-        status="missing", note="missing: no run folder (other networks have this seed)")
+    missing = results.missing.assign(  # status and note say why: not started (plan.json) or missing
+        run=lambda m: m["arch"] + "-" + m["depth"].astype(str) + "-" + m["shortcut"])
     table = pd.concat([table, missing], ignore_index=True) if len(missing) else table
     return table.sort_values(["arch", "shortcut", "depth", "seed"], ignore_index=True)
 

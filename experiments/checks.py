@@ -2,6 +2,7 @@
 clear line (what is wrong, how to fix it) and no folder on disk."""
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -23,7 +24,8 @@ def _positive_int(value, key: str) -> int:
 
 
 def _positive_float(value, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+    # inf is no learning rate: accepted, it would be recorded as a diverged result, not as a typo
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
         raise ConfigError(f"{key} must be a positive number, got {value!r}")
     return float(value)
 
@@ -41,8 +43,8 @@ def check_optim(optim) -> None:
     _positive_int(optim.batch_size, "optim.batch_size")
     if not 0 <= optim.momentum < 1:
         raise ConfigError(f"optim.momentum must be in [0, 1), got {optim.momentum!r}")
-    if not optim.weight_decay >= 0:
-        raise ConfigError(f"optim.weight_decay must be >= 0, got {optim.weight_decay!r}")
+    if not 0 <= optim.weight_decay < math.inf:
+        raise ConfigError(f"optim.weight_decay must be a finite number >= 0, got {optim.weight_decay!r}")
 
 
 def check_schedule(schedule) -> None:

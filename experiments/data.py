@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import logging
 import os
 import shutil
 import sys
@@ -29,8 +28,6 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from experiments import CONF
-
-log = logging.getLogger(__name__)
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SOURCES = ("cifar10", "cifar10_folder", "fake")
@@ -180,18 +177,45 @@ def _decode_official(root: str, download: bool, split: str):
 
 
 def _folder_fingerprint(root: str, split: str) -> str:
+    """What the cache key knows of the input. An archive: its bytes (19 MB for the JPEG copy: ~0.1 s).
+    A tree: per file its path, size, mtime, inode number and inode change time (ctime), without reading
+    it. The ctime is set by the kernel on every write, rename, chmod or `touch` and cannot be set back
+    by a user (`touch -d`, `cp -p`, `rsync -t` restore mtimes only), so two images swapped or rewritten
+    with their names, sizes and mtimes kept still change the key. README, Data, says what it misses."""
     h = hashlib.sha256()
-    if os.path.isfile(root):  # an archive: hash its bytes (19 MB for the JPEG copy: ~0.1 s)
+    if os.path.isfile(root):
         with open(root, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
         return h.hexdigest()
-    for dirpath, dirnames, filenames in os.walk(root):  # a tree: names, sizes, mtimes, no reading
-        dirnames.sort()
-        for name in sorted(filenames):
-            st = os.stat(os.path.join(dirpath, name))
-            h.update(f"{os.path.relpath(os.path.join(dirpath, name), root)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    top = _tree_split_dir(root, split)  # only the files this split is decoded from
+    if top is None:  # no such folder: decoding will say so; key on what is there
+        h.update("|".join(sorted(os.listdir(root))).encode())
+        return h.hexdigest()
+    h.update(f"{os.path.relpath(top, root)}\n".encode())
+
+    def walk(folder: str, rel: str) -> None:  # scandir and string prefixes: ~2x faster than os.walk + relpath
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for e in entries:
+            if e.is_dir():
+                walk(e.path, f"{rel}{e.name}/")
+            else:
+                st = e.stat()
+                h.update(f"{rel}{e.name}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{st.st_ctime_ns}\n".encode())
+    walk(top, "")
     return h.hexdigest()
+
+
+def _tree_split_dir(root: str, split: str) -> str | None:
+    """<root>/<split>, or <root>/<single top folder>/<split>, when it is a folder; else None."""
+    base = root
+    if not os.path.isdir(os.path.join(root, split)):
+        subdirs = [d for d in os.listdir(root) if not d.startswith(".") and os.path.isdir(os.path.join(root, d))]
+        if len(subdirs) == 1:
+            base = os.path.join(root, subdirs[0])
+    top = os.path.join(base, split)
+    return top if os.path.isdir(top) else None
 
 
 def _folder_entries(root: str, split: str):
@@ -212,17 +236,15 @@ def _folder_entries(root: str, split: str):
                     rel = parts[1:] if parts[0] == split else parts[2:]
                     if m.isfile() or m.isdir():
                         entries.append((f"{root}:{m.name}", rel, tf.extractfile(m).read() if m.isfile() else None))
-        except (tarfile.TarError, OSError, EOFError) as e:
-            raise DataError(f"cannot read {root} as a .tar.gz of an image folder ({e}); check the file or unpack it")
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+            # tarfile's "r:*" lists every compression it tried, one per line: keep the first line only
+            reason = str(e).splitlines()[0].rstrip(":") if str(e) else type(e).__name__
+            raise DataError(f"cannot read {root} as a .tar.gz of an image folder ({reason}); check the file "
+                            f"(a CIFAR-10 image-folder tree or a .tar/.tar.gz of one) or unpack it") from None
     else:
-        base = root
-        if not os.path.isdir(os.path.join(root, split)):
-            subdirs = [d for d in os.listdir(root) if not d.startswith(".") and os.path.isdir(os.path.join(root, d))]
-            if len(subdirs) == 1:
-                base = os.path.join(root, subdirs[0])
-        top = os.path.join(base, split)
-        if os.path.isdir(top):
-            tops.add(base)
+        top = _tree_split_dir(root, split)
+        if top is not None:
+            tops.add(os.path.dirname(top))
             for dirpath, dirnames, filenames in os.walk(top):
                 rel_dir = Path(dirpath).relative_to(top).parts
                 entries += [(os.path.join(dirpath, d), [*rel_dir, d], None) for d in dirnames]
@@ -294,8 +316,9 @@ def _read_cache(path: str, key: str):
         if not ok:
             raise ValueError("content does not match its checksum")
         return images, labels
-    except Exception as e:
-        log.warning("data cache %s is corrupt (%s); rebuilding it", path, str(e).splitlines()[0] if str(e) else e)
+    except Exception as e:  # on stderr, as every warning of the suite: stdout is for results
+        print(f"warning: data cache {path} is corrupt ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+              f"rebuilding it", file=sys.stderr)
         try:
             os.remove(path)
         except OSError:
@@ -303,9 +326,10 @@ def _read_cache(path: str, key: str):
         return None
 
 
-def _cached(cache_dir: str | None, name: str, key: str, decode):
+def _cached(cache_dir: str | None, name: str, key: str, decode, built: list | None = None):
     """Decode once, then load from `<cache_dir>/<name>.pt`. Concurrent runs serialise on a lock (one
-    decodes, the others then read its file); the file appears atomically, and an error leaves nothing."""
+    decodes, the others then read its file); the file appears atomically, and an error leaves nothing.
+    A file this call creates is appended to `built` (with its lock file and whether the folder is new)."""
     if not cache_dir:
         return *decode(), None
     path = os.path.join(cache_dir, f"{name}.pt")
@@ -334,6 +358,8 @@ def _cached(cache_dir: str | None, name: str, key: str, decode):
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
+        if built is not None:
+            built.append((path, made_dir))
         return images, labels, path
     except BaseException:
         if not os.path.exists(path):  # errors leave the cache as they found it: drop our lock and folder
@@ -352,7 +378,7 @@ def _remove(path: str, how) -> None:
         pass  # another run is using it: that run's business now
 
 
-def _load_split(cfg, split: str):
+def _load_split(cfg, split: str, built: list | None = None):
     """uint8 images (N, 32, 32, 3), int64 labels and cache path of the `train` or `test` split."""
     source = cfg.source
     if source == "fake":
@@ -363,7 +389,7 @@ def _load_split(cfg, split: str):
     else:
         fingerprint, decode = _folder_fingerprint(root, split), lambda: _decode_folder(root, split)
     key = hashlib.sha256(f"v{CACHE_VERSION}|{source}|{split}|{fingerprint}".encode()).hexdigest()
-    return _cached(cfg.get("cache_dir"), f"{source}-{split}-{key[:16]}", key, decode)
+    return _cached(cfg.get("cache_dir"), f"{source}-{split}-{key[:16]}", key, decode, built)
 
 
 # ----------------------------------------------------------------------------- splits and statistics
@@ -420,14 +446,23 @@ def _normalisation(images: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch
 def load_data(cfg) -> CifarData:
     """cfg is the `data` node (keys as in conf/data/*.yaml). Raises DataError on user-fixable problems."""
     validate_data_config(cfg)
-    images, labels, train_cache = _load_split(cfg, "train")
-    train_idx, held_idx = _select(labels, cfg.split, cfg.get("train_subset"))
-    cache_files = (train_cache,) if train_cache else ()
-    if cfg.split == "val":  # the test set is never loaded
-        eval_images, eval_labels = images[held_idx], labels[held_idx]
-    else:
-        eval_images, eval_labels, test_cache = _load_split(cfg, "test")
-        cache_files += (test_cache,) if test_cache else ()
+    built: list[tuple[str, bool]] = []
+    try:
+        images, labels, train_cache = _load_split(cfg, "train", built)
+        train_idx, held_idx = _select(labels, cfg.split, cfg.get("train_subset"))
+        cache_files = (train_cache,) if train_cache else ()
+        if cfg.split == "val":  # the test set is never loaded
+            eval_images, eval_labels = images[held_idx], labels[held_idx]
+        else:
+            eval_images, eval_labels, test_cache = _load_split(cfg, "test", built)
+            cache_files += (test_cache,) if test_cache else ()
+    except DataError:  # e.g. an empty test class: no half cache (a train file without its test file) stays
+        for path, made_dir in built:
+            for leftover in (path, path + ".lock"):
+                _remove(leftover, os.remove)
+            if made_dir:
+                _remove(os.path.dirname(path), os.rmdir)
+        raise
     train_images, train_labels = images, labels
     if len(train_idx) < len(labels):  # indexing copies 150 MB: only when the split or subset needs it
         train_images, train_labels = images[train_idx], labels[train_idx]
@@ -556,6 +591,14 @@ def _describe(data: CifarData, seconds: float) -> str:
 def _main() -> None:
     import hydra
 
+    from experiments.runfiles import hydra_quote
+
+    # `make data DATA_ROOT=...` passes the path as `--data-root PATH`: quoted here, a space, a comma or
+    # a non-ASCII letter in it is part of the path, not Hydra syntax.
+    if "--data-root" in sys.argv[1:-1]:
+        i = sys.argv.index("--data-root")
+        sys.argv[i:i + 2] = [f"data.root={hydra_quote(sys.argv[i + 1])}"]
+
     @hydra.main(config_path=str(CONF), config_name="config", version_base="1.3")
     def main(cfg) -> None:
         start = time.perf_counter()
@@ -563,7 +606,7 @@ def _main() -> None:
             data = load_data(cfg.data)
         except DataError as e:
             print(f"error: {e}", file=sys.stderr)
-            sys.exit(1)
+            sys.exit(2)
         print(_describe(data, time.perf_counter() - start))
 
     main()

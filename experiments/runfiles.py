@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -26,6 +27,16 @@ def run_name(arch: str, depth: int, shortcut: str) -> str:
 def run_dir(results_dir: str | Path, experiment: str, arch: str, depth: int, shortcut: str, seed: int) -> Path:
     """A pure function of the config: asking twice for the same run finds the same folder."""
     return Path(results_dir) / experiment / "runs" / run_name(arch, depth, shortcut) / f"seed={seed}"
+
+
+def hydra_quote(value: str) -> str:
+    """`value` as a Hydra override value that stays one plain string: quoted (a comma would make a
+    sweep, non-ASCII letters and most punctuation are outside Hydra's unquoted grammar), backslashes
+    before a quote or at the end doubled as Hydra's grammar asks, and `${` escaped so that OmegaConf
+    does not read a path as an interpolation."""
+    text = re.sub(r"(\\*)'", lambda m: m[1] * 2 + "\\'", str(value).replace("${", "\\${"))
+    text = re.sub(r"(\\+)$", lambda m: m[1] * 2, text)
+    return f"'{text}'"
 
 
 class WriteError(OSError):

@@ -7,21 +7,25 @@ Hydra's basic sweeper does (to print the plan with each run's status and cost), 
 from __future__ import annotations
 
 import argparse
+import errno
+import fcntl
 import json
+import os
 import signal
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
+from itertools import takewhile
 from pathlib import Path
 
 import torch
-from filelock import FileLock, Timeout
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
-from hydra.errors import OverrideParseException
+from hydra.errors import HydraException, OverrideParseException
 from omegaconf import OmegaConf
 
 from experiments.checks import ConfigError, check_config
@@ -31,7 +35,10 @@ from experiments.device import (
     available_cores, cpu_name, detect_device_type, nvml_gpu_name, planned_native_bf16, resolve_precision,
 )
 from experiments.models import build_from_config, count_macs
-from experiments.runfiles import FORMAT_VERSION, atomic_write_json, read_json, run_dir
+from experiments.runfiles import (
+    FORMAT_VERSION, WriteError, atomic_write_json, atomic_write_text, hydra_quote, read_json, read_metrics, run_dir,
+)
+from experiments.train import SWEEP_ERRORS_ENV
 
 SOURCE_TREE = Path(__file__).resolve().parents[1]  # the checkout this package runs from (if any)
 LAUNCHERS = ("basic", "joblib", "slurm", "local")  # Hydra launcher configs: built-in basic, joblib, conf/hydra/launcher/*
@@ -64,11 +71,12 @@ def experiments() -> list[str]:
 def base_overrides(args) -> list[str]:
     """What `make sweep` hands to Hydra, in order: its own choices, then ARGS (so hydra.launcher.* refines the
     launcher), then SEEDS as a seed list unless ARGS names the seeds itself."""
-    out = [f"experiment={args.exp}", f"results_dir={args.results}"]
+    # Paths are quoted for Hydra: a comma, a space or a non-ASCII letter is part of the path, not grammar.
+    out = [f"experiment={args.exp}", f"results_dir={hydra_quote(args.results)}"]
     if args.data:
         out.append(f"data={args.data}")
     if args.data_root:
-        out.append(f"data.root={args.data_root}")
+        out.append(f"data.root={hydra_quote(args.data_root)}")
     if args.jobs > 1 and args.launcher in ("joblib",):
         out.append(f"trainer.threads={max(1, available_cores() // args.jobs)}")  # share the cores
     if args.launcher != "basic":  # chosen before the user's overrides, so hydra.launcher.* can refine it
@@ -120,9 +128,41 @@ def expand(args) -> list[list[str]]:
     return [hydra_part + job for job in hydra_sweep([f"{k}={v}" for k, v in params.items()] + task)]
 
 
+def hydra_error(e: HydraException) -> str:
+    """Hydra's multi-line message as one line: its first line, the options it lists, its hint."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+    listed = next((i for i, line in enumerate(lines) if line.startswith("Available options")), None)
+    if listed is not None:
+        options = takewhile(lambda line: not line.startswith("Config search path"), lines[listed + 1:])
+        return f"{lines[0]}; choose one of {', '.join(options)}"
+    hint = next((line for line in lines[1:] if line.startswith(("To append", "2. To use it as string"))), None)
+    hint = hint and hint.removeprefix("2. ")
+    return lines[0].rstrip(".") + (f"; {hint[0].lower()}{hint[1:]}" if hint else "")
+
+
+def check_overrides(args) -> None:
+    """A malformed ARGS override (`optim.lr=[0.1`, `foo`) as one line naming it."""
+    parser = OverridesParser.create()
+    for override in args.overrides:
+        try:
+            parser.parse_override(override)
+        except HydraException as e:
+            raise SweepError(f"ARGS override {override!r} is not valid Hydra syntax "
+                             f"({str(e).splitlines()[0].strip()}); write it as key=value, quoting values with "
+                             f"special characters: key='value'") from None
+
+
 def plan(args) -> list[PlannedRun]:
     """Every run with its status and cost. Never starts CUDA: a context here would hold GPU memory for the
     whole sweep (device type and native bf16 come from NVML, MACs from the meta device)."""
+    check_overrides(args)
+    try:
+        return _plan(args)
+    except HydraException as e:  # an unknown key or group option in ARGS, DATA=, ...
+        raise SweepError(hydra_error(e)) from None
+
+
+def _plan(args) -> list[PlannedRun]:
     runs = []
     device = _device_type()
     native = planned_native_bf16(device)
@@ -256,22 +296,52 @@ def _check_source(data: dict) -> None:
         raise SweepError(str(e)) from None
 
 
+def write_multirun_yaml(args, exp_dir: Path) -> str:
+    """Write the sweep's multirun.yaml atomically before Hydra rewrites it in place (Hydra opens it
+    with "w"): a full or read-only disk then fails here, as one line, with the old file intact, and
+    Hydra's own write reuses the space just taken. Returns the text, to repair a half-written file."""
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=base_overrides(args), return_hydra_config=True)
+    text = OmegaConf.to_yaml(cfg)
+    atomic_write_text(exp_dir / "multirun.yaml", text)
+    return text
+
+
+def repair_multirun_yaml(path: Path, text: str) -> None:
+    """After a failed launch: a multirun.yaml Hydra left unreadable goes back to what we wrote."""
+    try:
+        OmegaConf.load(path)
+    except FileNotFoundError:
+        return
+    except Exception:
+        try:
+            atomic_write_text(path, text)
+        except WriteError:
+            path.unlink(missing_ok=True)  # better no file than half of one
+
+
 def locked_elsewhere(folder: Path) -> bool:
     """True while another process holds the run's lock, i.e. is training it right now. The probe holds
-    the lock for microseconds; a trainer arriving meanwhile waits for it (train.LOCK_WAIT_S)."""
-    if not (folder / ".lock").exists():  # never create a lock file (or folders) just to look
+    the lock for microseconds; a trainer arriving meanwhile waits for it (train.LOCK_WAIT_S). It opens
+    the lock file read-only (flock works on any open file; filelock takes the same flock), so a
+    read-only results folder can still be looked at."""
+    try:
+        fd = os.open(folder / ".lock", os.O_RDONLY)
+    except OSError:  # no lock file: never create one (or folders) just to look
         return False
     try:
-        with FileLock(folder / ".lock", timeout=0):
-            return False
-    except Timeout:
-        return True
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        return e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+    finally:
+        os.close(fd)  # closing releases our probe lock
+    return False
 
 
-def launch(args) -> int:
+def launch(args, errors_file: str | None = None) -> int:
     cmd = [sys.executable, "-m", "experiments.train", "--multirun", *base_overrides(args)]
     print("$ " + " ".join(cmd), flush=True)
-    child = subprocess.Popen(cmd)
+    child = subprocess.Popen(cmd, env={**os.environ, **({SWEEP_ERRORS_ENV: errors_file} if errors_file else {})})
 
     def forward(signum, _frame):
         # Ctrl-C reaches the whole process group, a scheduler's SIGTERM maybe only this process: either
@@ -289,17 +359,49 @@ def launch(args) -> int:
             signal.signal(s, h)
 
 
-def report(runs: list[PlannedRun]) -> int:
+def read_errors(path: str | None) -> dict[str, str]:
+    """run folder -> the user error its job reported (train.tell_sweep)."""
+    errors = {}
+    try:
+        lines = Path(path).read_text().splitlines() if path else []
+    except OSError:
+        return errors
+    for line in lines:
+        try:
+            entry = json.loads(line)
+            errors[entry["run"]] = entry["error"]
+        except (ValueError, KeyError, TypeError):
+            continue
+    return errors
+
+
+def curve_lost(folder: Path, summary: dict) -> bool:
+    """A completed run whose metrics.jsonl no longer reaches its last iteration: deleted, emptied or cut."""
+    done, rows = summary.get("iterations_done"), read_metrics(folder / "metrics.jsonl")
+    return not rows or (isinstance(done, int) and not any(r["iter"] == done for r in rows))
+
+
+def report(runs: list[PlannedRun], errors: dict[str, str] | None = None) -> int:
+    """The final table; the exit status: 2 when a run stopped on an error the user must fix,
+    1 when runs are unfinished or damaged, 0 otherwise."""
+    errors = errors or {}
     print(f"\n{'run':44s} {'status':10s} {'train err':>9s} {'test err':>9s} {'time':>8s}")
-    bad = elsewhere = 0
+    unfinished, damaged, refused, elsewhere = [], [], [], 0
     for r in runs:
         s = read_json(r.folder / "summary.json") or {
             "status": "corrupt" if (r.folder / "summary.json").exists()
             else "partial" if (r.folder / "last.pt").exists() else "missing"}
         status = s.get("status", "corrupt")
-        if status == "missing" and locked_elsewhere(r.folder):
+        if str(r.folder) in errors:
+            status = "error"
+            refused.append(r)
+        elif status == "missing" and locked_elsewhere(r.folder):
             status, elsewhere = "training", elsewhere + 1
-        bad += status not in ("completed", "diverged", "training")
+        elif status == "completed" and curve_lost(r.folder, s):
+            status = "damaged"
+            damaged.append(r)
+        elif status not in ("completed", "diverged", "training"):
+            unfinished.append(r)
         fmt = lambda v: f"{v:8.2f}%" if isinstance(v, (int, float)) else f"{'-':>9s}"  # noqa: E731
         wall = s.get("wall_time_s")
         print(f"{str(r.folder):44s} {status:10s} {fmt(s.get('final_train_err'))} {fmt(s.get('final_test_err'))} "
@@ -307,9 +409,21 @@ def report(runs: list[PlannedRun]) -> int:
     if elsewhere:  # e.g. two sweeps started on one results folder: each run is trained once, by one of them
         print(f"{elsewhere} run(s) are being trained by another process right now; rerun the same command "
               f"after it finishes to see their results", file=sys.stderr)
-    if bad:
-        print(f"{bad} run(s) did not complete; rerun the same command to resume them", file=sys.stderr)
-    return 1 if bad else 0
+    if damaged:  # the numbers survive in summary.json, the curve cannot be recomputed from a checkpoint
+        print(f"{len(damaged)} completed run(s) lost their curve (metrics.jsonl missing, empty or cut short): "
+              f"{', '.join(str(r.folder) for r in damaged)}; the report lists them as damaged and leaves them out; "
+              f"to retrain them, delete those folders and rerun the same command", file=sys.stderr)
+    if unfinished:
+        print(f"{len(unfinished)} run(s) did not complete; rerun the same command to resume them", file=sys.stderr)
+    planned = {str(r.folder) for r in runs}
+    unplanned = [(run, error) for run, error in errors.items() if run not in planned]
+    for run, error in [(str(r.folder), errors[str(r.folder)]) for r in refused] + unplanned:
+        print(f"error: {run}: {error}", file=sys.stderr)  # rerunning cannot help: something must change first
+    if refused or unplanned:
+        print(f"{len(refused) + len(unplanned)} run(s) stopped on the error(s) above; fix them, then rerun the "
+              f"same command", file=sys.stderr)
+        return 2
+    return 1 if unfinished or damaged else 0
 
 
 def parse_args(argv=None):
@@ -348,9 +462,23 @@ def main(argv=None) -> int:
     except SweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    write_plan(runs, args)
-    rc = launch(args)
-    code = report(runs)
+    exp_dir = runs[0].folder.parents[2]
+    try:
+        write_plan(runs, args)
+        multirun_text = write_multirun_yaml(args, exp_dir)
+    except WriteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    fd, errors_file = tempfile.mkstemp(prefix="suite-sweep-errors-", suffix=".jsonl")
+    os.close(fd)
+    try:
+        rc = launch(args, errors_file)
+        errors = read_errors(errors_file)
+    finally:
+        Path(errors_file).unlink(missing_ok=True)
+    if rc:
+        repair_multirun_yaml(exp_dir / "multirun.yaml", multirun_text)
+    code = report(runs, errors)
     if rc in (130, 143, -signal.SIGINT, -signal.SIGTERM):
         print(f"interrupted: the sweep stopped on {'SIGTERM' if rc in (143, -signal.SIGTERM) else 'SIGINT'}; "
               f"rerun the same command to resume it", file=sys.stderr)

@@ -6,6 +6,8 @@ from its checkpoint, train with evaluation points, write summary.json last and a
 from __future__ import annotations
 
 import copy
+import json
+import os
 import shutil
 import signal
 import subprocess
@@ -41,7 +43,11 @@ from experiments.schedule import RUNNING_ERR_CHECK_EVERY, LrSchedule, RunningErr
 # alone does not pin iterations, data or recipe).
 RESULT_KEYS = ("model", "optim", "schedule", "seed", "data.source", "data.split", "data.train_subset",
                "data.normalize", "data.augment", "trainer.eval_every", "trainer.probes", "trainer.precision")
-# Result keys added after runs were recorded: a config.yaml without one recorded a run with this value.
+# Result-config leaves the suite gained after runs were already recorded, with the value that a run
+# recorded before the key existed effectively used. Completed runs (results/reference/ among them) keep
+# the config.yaml they were written with: a leaf missing there is compared as this default, and a leaf
+# missing and not listed here is not compared at all, so growing the config never turns a finished run
+# into a "different config" (a key whose absence would change the result must be listed here).
 RESULT_KEY_DEFAULTS = {"data.augment": DEFAULT_AUGMENT}
 FINISHED = ("completed", "diverged")
 LOCK_WAIT_S = 2  # a run locked longer than this is being trained by another process: skip it
@@ -51,9 +57,21 @@ class Interrupted(Exception):
     """SIGTERM / SIGINT arrived: the run checkpointed and stops; rerunning resumes it."""
 
 
+# summary.json fields that restate result-config leaves: the last word when config.yaml and last.pt are gone.
+SUMMARY_KEYS = {"iterations": "schedule.iterations", "lr": "optim.lr", "batch_size": "optim.batch_size",
+                "weight_decay": "optim.weight_decay", "momentum": "optim.momentum", "seed": "seed",
+                "data_source": "data.source", "data_split": "data.split", "depth": "model.depth"}
+_ABSENT = object()
+
+
 def result_config(cfg: DictConfig) -> dict:
-    picked = {k: OmegaConf.select(cfg, k, default=RESULT_KEY_DEFAULTS.get(k)) for k in RESULT_KEYS}
-    out = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in picked.items()}
+    """The RESULT_KEYS of cfg as plain values, with the schedule as it computes. A key missing from cfg
+    (a config.yaml older than the key) takes its documented default (RESULT_KEY_DEFAULTS) or is left out."""
+    out = {}
+    for k in RESULT_KEYS:
+        value = OmegaConf.select(cfg, k, default=RESULT_KEY_DEFAULTS.get(k, _ABSENT))
+        if value is not _ABSENT:
+            out[k] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
     # The schedule as it computes (milestones resolved; warm-up settings only where warm-up is on), so
     # a moved default (warmup_max_iters 4000 -> auto) cannot flag a finished run that never warmed up.
     try:
@@ -64,9 +82,36 @@ def result_config(cfg: DictConfig) -> dict:
     return out
 
 
+def _leaves(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out |= _leaves(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def changed_keys(saved: dict, current: dict) -> list[str]:
+    """The result-config leaves on which a saved run and `current` disagree (see RESULT_KEY_DEFAULTS)."""
+    old, new = _leaves(saved), _leaves(current)
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        if key in old and key in new:
+            differ = old[key] != new[key]
+        elif key in new:  # added to the suite after this run was recorded
+            differ = key in RESULT_KEY_DEFAULTS and new[key] != RESULT_KEY_DEFAULTS[key]
+        else:  # dropped from the suite: nothing to compare with
+            differ = False
+        if differ:
+            changed.append(key)
+    return changed
+
+
 def saved_result_config(path: Path) -> dict | None:
     try:
-        return result_config(OmegaConf.load(path))
+        loaded = OmegaConf.load(path)
+        return result_config(loaded) if isinstance(loaded, DictConfig) else None
     except Exception:  # missing or unreadable: nothing to compare against
         return None
 
@@ -86,6 +131,42 @@ def config_yaml(cfg: DictConfig, dev: RunDevice) -> str:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved["trainer"]["precision_used"] = dev.precision
     return OmegaConf.to_yaml(resolved)
+
+
+def checkpoint_result_config(path: Path) -> dict | None:
+    """The result config a checkpoint was written under (None: no readable checkpoint, or one from
+    before checkpoints carried it)."""
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:  # unreadable: Trainer.load names it and trains from the start
+        return None
+    saved = state.get("result_config") if isinstance(state, dict) else None
+    return saved if isinstance(saved, dict) else None
+
+
+def refuse_changed_config(cfg: DictConfig, folder: Path) -> None:
+    """Raise ConfigError when what the folder holds was computed under another result config. Every
+    record is asked, so a deleted or garbled config.yaml cannot let a run resume under a new config:
+    config.yaml, the checkpoint (which carries its config), and summary.json's restated fields."""
+    current = result_config(cfg)
+    checks = [("config.yaml", saved_result_config(folder / "config.yaml")),
+              ("last.pt", checkpoint_result_config(folder / "last.pt"))]
+    changed: dict[str, list[str]] = {}
+    for source, saved in checks:
+        if saved is not None:
+            changed[source] = changed_keys(saved, current)
+    summary = read_json(folder / "summary.json")
+    if isinstance(summary, dict) and not changed:  # config.yaml and last.pt both gone or unreadable
+        flat = _leaves(current)
+        changed["summary.json"] = sorted(key for field, key in SUMMARY_KEYS.items()
+                                         if field in summary and key in flat and summary[field] != flat[key])
+    for source, keys in changed.items():
+        if keys:
+            raise ConfigError(
+                f"{folder} holds a run with a different config ({', '.join(keys)}, per its {source}); "
+                f"use trainer.resume=false to start it over or experiment_name=... for a new folder")
 
 
 def folder_of(cfg: DictConfig) -> Path:
@@ -154,13 +235,7 @@ def _run_locked(cfg: DictConfig, folder: Path) -> dict:
     for tmp in folder.glob(".*.tmp"):  # left by a kill mid-write; the real files are intact
         tmp.unlink()
     if cfg.trainer.resume:
-        saved = saved_result_config(folder / "config.yaml")
-        if saved is not None and saved != result_config(cfg):
-            changed = sorted(k for k in RESULT_KEYS if saved.get(k) != result_config(cfg).get(k))
-            raise ConfigError(
-                f"{folder} holds a run with a different config ({', '.join(changed)}); "
-                f"use trainer.resume=false to start it over or experiment_name=... for a new folder"
-            )
+        refuse_changed_config(cfg, folder)
         done = read_json(summary_path)
         if done is None and summary_path.exists():
             print(f"warning: {summary_path} is unreadable (truncated or corrupt); redoing the run from its "
@@ -284,6 +359,7 @@ class Trainer:
             g["lr"] = self.lr
         atomic_torch_save(self.folder / "last.pt", {
             "format_version": FORMAT_VERSION, "iteration": self.iteration, "elapsed": self.elapsed,
+            "result_config": result_config(self.cfg),  # lets a resume refuse a changed config on its own
             "warmup_end": self.warmup_end, "warmup_window": self.running_err.state(), "acc": self.acc,
             "model": self.model.state_dict(), "opt": opt, "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.dev.device.type == "cuda" else None,
@@ -459,6 +535,29 @@ class Trainer:
             signal.signal(s, h)
 
 
+SWEEP_ERRORS_ENV = "SUITE_SWEEP_ERRORS"  # set by `make sweep`: a file collecting the runs' user errors
+
+
+def tell_sweep(cfg: DictConfig, error: str) -> None:
+    """Append {run, error} to the sweep's error file: a Hydra multirun exits 0 whatever its jobs
+    return, and the job may run in another process (joblib, submitit), so a file is the channel."""
+    path = os.environ.get(SWEEP_ERRORS_ENV)
+    if not path:
+        return
+    try:
+        run = str(folder_of(cfg))
+    except Exception:  # a config too broken to name its folder
+        run = "?"
+    try:  # one O_APPEND write per line: lines from parallel jobs do not interleave
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, (json.dumps({"run": run, "error": error}) + "\n").encode())
+        finally:
+            os.close(fd)
+    except OSError:
+        pass  # the sweep is gone or its temp folder unreachable (another node): the printed line stays
+
+
 @hydra.main(config_path=str(CONF), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> dict | None:
     from hydra.core.hydra_config import HydraConfig
@@ -471,7 +570,8 @@ def main(cfg: DictConfig) -> dict | None:
         summary = run(cfg)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
-        if in_sweep:
+        if in_sweep:  # the other runs go on; `make sweep` names this one at the end and exits 2
+            tell_sweep(cfg, str(e))
             return {"status": "failed", "error": str(e)}
         sys.exit(2)
     except Interrupted as e:

@@ -4,8 +4,10 @@ naming the problem and the fix, a non-zero exit, and nothing written (no results
 One table, one test: add a row to extend it. A row is (id, command, expected substring of the error).
 The command is what a user types, minus the test-only settings the runner appends: train rows get
 the tiny CPU config, and every tool gets a results folder (and data cache) inside the test's tmp dir.
-Placeholders: {results} the results folder, {file} a regular file, {wrong_classes} / {big_image}
-damaged image-folder trees, {future} an experiment folder holding a newer metrics format.
+Placeholders: {results} the results folder, {file} a regular file (not an archive either),
+{wrong_classes} / {big_image} / {empty_test_class} damaged image-folder trees, {future} an experiment
+folder holding a newer metrics format. A `make` row must also end in make's "Error 2": the tool's own
+exit status for a user error.
 Rows in SUBPROCESS (and every `make` row) run as the user runs them, checking exit status and the
 stderr format; the others run in-process (same code path below Hydra's command-line parsing).
 """
@@ -42,6 +44,8 @@ CASES = [
     # -- recipe
     ("lr-negative", "train optim.lr=-0.1", "optim.lr must be a positive number, got -0.1"),
     ("lr-zero", "train optim.lr=0", "optim.lr must be a positive number, got 0"),
+    ("lr-inf", "train optim.lr=inf", "optim.lr must be a positive number, got inf"),
+    ("weight-decay-inf", "train optim.weight_decay=inf", "optim.weight_decay must be a finite number >= 0"),
     ("batch-0", "train optim.batch_size=0", "optim.batch_size must be a positive integer, got 0"),
     ("batch-above-data", "train optim.batch_size=1000", "batch size 1000 exceeds the 256 training images"),
     ("momentum-1.5", "train optim.momentum=1.5", "optim.momentum must be in [0, 1)"),
@@ -58,6 +62,9 @@ CASES = [
     ("data-wrong-class-names", "train data=cifar10_folder data.root={wrong_classes}",
      "class folders must be exactly airplane automobile"),
     ("data-image-not-32x32", "train data=cifar10_folder data.root={big_image}", "is 64x64, expected 32x32"),
+    ("data-root-not-an-archive", "train data=cifar10_folder data.root={file}", "as a .tar.gz of an image folder"),
+    ("data-empty-test-class", "train data=cifar10_folder data.root={empty_test_class}",
+     "class folder test/cat in"),  # the train split decodes fine first: its cache must not stay behind
     # -- results folder
     ("results-is-a-file", "train results_dir={file}", "is a file, not a folder"),
     ("results-below-a-file", "train results_dir={file}/sub", "which is a file, not a folder"),
@@ -71,7 +78,21 @@ CASES = [
     ("sweep-bad-override", "sweep --exp smoke model.depth=21", "depth 21 is not 6n+2"),
     ("sweep-data-root-missing", "sweep --exp smoke --data cifar10_folder --data-root {results}/nowhere",
      "nowhere does not exist"),
+    ("sweep-args-malformed", "sweep --exp smoke optim.lr=[0.1",
+     "ARGS override 'optim.lr=[0.1' is not valid Hydra syntax"),
+    ("sweep-args-not-an-override", "sweep --exp smoke lr", "ARGS override 'lr' is not valid Hydra syntax"),
+    ("sweep-args-unknown-key", "sweep --exp smoke optim.lrr=0.1", "Could not override 'optim.lrr'; to append"),
+    ("sweep-args-unknown-option", "sweep --exp smoke model=foo", "Could not find 'model/foo'; choose one of plain"),
+    ("sweep-data-unknown", "sweep --exp smoke --data nope", "Could not find 'data/nope'; choose one of"),
     ("make-sweep-exp-missing", "make sweep EXP=nope RESULTS={results}", "no experiment 'nope'"),
+    ("make-sweep-args-malformed", "make sweep EXP=smoke RESULTS={results} ARGS='optim.lr=[0.1'",
+     "is not valid Hydra syntax"),
+    ("make-sweep-args-unknown-key", "make sweep EXP=smoke RESULTS={results} ARGS=optim.lrr=1",
+     "Could not override 'optim.lrr'"),
+    ("make-sweep-lr-inf", "make sweep EXP=smoke RESULTS={results} ARGS=optim.lr=inf",
+     "optim.lr must be a positive number, got inf"),
+    ("make-data-root-missing", "make data DATA=cifar10_folder DATA_ROOT={results}/nowhere", "nowhere does not exist"),
+    ("make-data-not-an-archive", "make data DATA=cifar10_folder DATA_ROOT={file}", "as a .tar.gz of an image folder"),
     ("make-sweep-seeds-0", "make sweep EXP=smoke SEEDS=0 RESULTS={results}", "SEEDS must be at least 1"),
     ("make-sweep-jobs-above-cores", "make sweep EXP=smoke LAUNCHER=joblib JOBS=999 RESULTS={results}",
      "JOBS=999 must be between 1 and"),
@@ -81,7 +102,7 @@ CASES = [
     ("make-report-no-runs", "make report EXP=nope RESULTS={results}", "no runs under"),
 ]
 SUBPROCESS = {"depth-21", "model-group-unknown", "key-typo", "data-wrong-class-names", "results-below-a-file",
-              "sweep-jobs-above-cores", "report-future-format"}
+              "sweep-jobs-above-cores", "report-future-format", "data-root-not-an-archive", "sweep-args-malformed"}
 HYDRA_OWN = {"model-group-unknown", "key-typo"}  # Hydra's multi-line errors: the first line must be clear
 
 
@@ -103,11 +124,14 @@ def inputs(tmp_path_factory) -> dict:
     (wrong / "train" / "cat").rename(wrong / "train" / "kitten")
     big = _tree(base / "big_image")
     Image.new("RGB", (64, 64)).save(big / "train" / "cat" / "9.png")
+    empty_test = _tree(base / "empty_test_class")
+    for image in (empty_test / "test" / "cat").iterdir():
+        image.unlink()
     future = base / "future"
     run = future / "runs" / "resnet-8-A" / "seed=0"
     run.mkdir(parents=True)
     (run / "metrics.jsonl").write_text(json.dumps({"format_version": 2, "iter": 10, "test_err": 50.0}) + "\n")
-    return {"wrong_classes": wrong, "big_image": big, "future": future}
+    return {"wrong_classes": wrong, "big_image": big, "empty_test_class": empty_test, "future": future}
 
 
 def _snapshot(root: Path) -> dict:
@@ -175,6 +199,7 @@ def test_bad_input_is_one_clear_line_nonzero_and_writes_nothing(case, command, n
     elif tool == "make":  # make adds its own 'make: *** ... Error 2' line after the tool's line
         ours = [line for line in lines if not line.startswith("make")]
         assert len(ours) == 1 and ours[0].startswith("error: ") and needle in ours[0], stderr
+        assert lines[-1].startswith("make: ***") and lines[-1].endswith("Error 2"), stderr  # the tool's status
     else:
         assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], stderr
     assert _snapshot(tmp_path) == before, f"{case}: wrote {set(_snapshot(tmp_path)) - set(before)}"

@@ -1,7 +1,6 @@
 """The data layer: sources agree, user errors are clear and leave no cache, splits and statistics are
 honest, augmentation is the paper's, batches are a pure function of (seed, iteration)."""
 import hashlib
-import logging
 import os
 import pickle
 import subprocess
@@ -214,7 +213,7 @@ def test_command_line_reports_error_in_one_line(tmp_path):
     out = subprocess.run([sys.executable, "-m", "experiments.data", "data=cifar10", f"data.root={tmp_path}",
                           "data.download=false", f"data.cache_dir={tmp_path}/cache"],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.startswith("error: CIFAR-10 not found") and out.stderr.count("\n") == 1
     assert_no_cache(tmp_path)
 
@@ -265,7 +264,7 @@ def test_train_subset_is_stratified_nested_and_bounded(tmp_path):
         D._select(labels, "val", 901)
 
 
-def test_cache_is_hit_and_a_corrupt_cache_is_rebuilt(tmp_path, official, monkeypatch, caplog):
+def test_cache_is_hit_and_a_corrupt_cache_is_rebuilt(tmp_path, official, monkeypatch, capsys):
     first = D.load_data(cfg(tmp_path))
     real_decode = D._decode_official
 
@@ -282,10 +281,11 @@ def test_cache_is_hit_and_a_corrupt_cache_is_rebuilt(tmp_path, official, monkeyp
         else:
             raw[len(raw) // 2] ^= 0xFF  # inside the image payload: only the stored checksum catches it
         Path(first.cache_path).write_bytes(bytes(raw))
-        with caplog.at_level(logging.WARNING, logger="experiments.data"):
-            rebuilt = D.load_data(cfg(tmp_path))
-        assert "corrupt" in caplog.text and torch.equal(rebuilt.train_images, first.train_images)
-        caplog.clear()
+        capsys.readouterr()
+        rebuilt = D.load_data(cfg(tmp_path))
+        err = capsys.readouterr().err
+        assert err.startswith(f"warning: data cache {first.cache_path} is corrupt") and "rebuilding it" in err
+        assert torch.equal(rebuilt.train_images, first.train_images)
 
 
 def test_concurrent_first_runs_decode_once_and_share_the_cache(tmp_path, folder, monkeypatch):

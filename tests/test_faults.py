@@ -8,11 +8,13 @@ both runs share one process, so the n-th checkpoint of the sweep is run 1's for 
 """
 from __future__ import annotations
 
-import logging
+import errno
+import json
 import os
 import random
 import re
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,15 +24,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import yaml
 from filelock import FileLock
 from hydra import compose, initialize_config_dir
 
 from analysis import report as report_mod
 from experiments import sweep as sweep_mod
 from experiments import train as train_mod
+from experiments.checks import ConfigError
 from experiments.runfiles import WriteError, read_json
 from experiments.train import Interrupted
-from helpers import REPO, TINY, metrics, run_folder, summary, tiny_cfg
+from helpers import REPO, TINY, cli, metrics, run_folder, summary, tiny_cfg
 
 SMOKE_RUNS = ("plain-8-none", "resnet-8-A")
 SMOKE_ITERS = (10, 20, 30, 40)
@@ -51,12 +55,25 @@ def smoke_cfg(results: Path, model: str):
 
 
 @pytest.fixture(scope="module")
-def smoke_ref(tmp_path_factory) -> dict:
-    """The uninterrupted smoke sweep (in-process: the same numbers as the CLI, in half the time)."""
+def smoke_root(tmp_path_factory) -> Path:
+    """The uninterrupted smoke sweep's results folder (in-process: the same numbers as the CLI, in half the
+    time). Read-only for tests: copy it (done_sweep) to change anything."""
     root = tmp_path_factory.mktemp("smoke-ref")
     for model in ("plain", "resnet"):
         train_mod.run(smoke_cfg(root, model))
-    return {name: final(run_folder(root, name, exp="smoke")) for name in SMOKE_RUNS}
+    return root
+
+
+@pytest.fixture(scope="module")
+def smoke_ref(smoke_root) -> dict:
+    return {name: final(run_folder(smoke_root, name, exp="smoke")) for name in SMOKE_RUNS}
+
+
+@pytest.fixture
+def done_sweep(smoke_root, tmp_path) -> Path:
+    """A finished smoke sweep in tmp_path, to damage."""
+    shutil.copytree(smoke_root, tmp_path, dirs_exist_ok=True)
+    return tmp_path
 
 
 @pytest.fixture(scope="module")
@@ -380,7 +397,7 @@ def _tree(root: Path) -> Path:
 
 
 @pytest.mark.parametrize("damage", [pytest.param(_truncate, marks=SLOW), "flip"], ids=["truncated", "flipped-byte"])
-def test_a_corrupt_data_cache_is_named_rebuilt_identically_and_the_run_completes(damage, tmp_path, caplog):
+def test_a_corrupt_data_cache_is_named_rebuilt_identically_and_the_run_completes(damage, tmp_path, capsys):
     tree, cache = _tree(tmp_path / "pngs"), tmp_path / "cache"
     base = [t for t in TINY if not t.startswith("data")]
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
@@ -396,9 +413,10 @@ def test_a_corrupt_data_cache_is_named_rebuilt_identically_and_the_run_completes
         train_file.write_bytes(bytes(raw))
     else:
         damage(train_file)
-    with caplog.at_level(logging.WARNING, logger="experiments.data"):
-        assert train_mod.run(cfgs[1])["status"] == "completed"
-    assert f"data cache {train_file} is corrupt" in caplog.text and "rebuilding it" in caplog.text
+    capsys.readouterr()
+    assert train_mod.run(cfgs[1])["status"] == "completed"
+    err = capsys.readouterr().err  # a warning goes to stderr, marked as one
+    assert f"warning: data cache {train_file} is corrupt" in err and "rebuilding it" in err
     rebuilt = torch.load(train_file, weights_only=True)
     assert all(torch.equal(rebuilt[k], good[k]) for k in ("images", "labels")) and rebuilt["digest"] == good["digest"]
 
@@ -505,7 +523,7 @@ def test_a_run_locked_by_another_process_is_skipped_and_reported_as_such(tmp_pat
         err = capsys.readouterr().err
         assert f"skipped {folder}: another process is training this run right now" in err
         assert not (folder / "metrics.jsonl").exists()
-        planned = [sweep_mod.PlannedRun([], folder, "to do", 30, 960, 1, "fp32")]
+        planned = [sweep_mod.PlannedRun([], folder, "to do", 30, 960, 1, "fp32", {})]
         assert sweep_mod.report(planned) == 0
         out, err = capsys.readouterr()
         assert re.search(r"seed=0\s+training", out)
@@ -558,3 +576,296 @@ def test_a_sweep_that_finishes_while_another_trains_a_run_says_so_and_exits_0(tm
     assert first.returncode == 0, err1
     assert "resnet-8-A/seed=0: already completed, nothing to do" in out1
     assert_each_run_trained_once([out1, out2], tmp_path, smoke_ref)
+
+
+# ----------------------------------------------------- second campaign: the sweep and the report level
+
+def _summary_of(folder: Path) -> dict:
+    return json.loads((folder / "summary.json").read_text())
+
+
+@pytest.mark.parametrize("damage", [Path.unlink, _garbage], ids=["config-deleted", "config-garbled"])
+def test_a_changed_config_is_refused_by_the_checkpoint_when_config_yaml_is_lost(damage, tmp_path, tiny_ref,
+                                                                                monkeypatch, capsys):
+    interrupt_during_eval(tiny_cfg(tmp_path), monkeypatch, at_eval=2)  # last.pt at iteration 20
+    folder = run_folder(tmp_path)
+    damage(folder / "config.yaml")
+    checkpoint = (folder / "last.pt").read_bytes()
+    with pytest.raises(ConfigError) as refused:
+        train_mod.run(tiny_cfg(tmp_path, "schedule.iterations=60"))
+    assert str(refused.value) == (f"{folder} holds a run with a different config (schedule.iterations, "
+                                  f"schedule.milestones, per its last.pt); use trainer.resume=false to start it "
+                                  f"over or experiment_name=... for a new folder")
+    assert (folder / "last.pt").read_bytes() == checkpoint and not (folder / "summary.json").exists()
+    capsys.readouterr()
+    train_mod.run(tiny_cfg(tmp_path))  # the config it was started with resumes it
+    assert "resuming from last.pt at iteration 20" in capsys.readouterr().out
+    assert final(folder) == tiny_ref
+
+
+def test_a_finished_run_with_neither_config_nor_checkpoint_is_refused_by_its_summary(tmp_path):
+    train_mod.run(tiny_cfg(tmp_path))
+    folder = run_folder(tmp_path)
+    (folder / "config.yaml").unlink()
+    (folder / "last.pt").unlink()  # removable, as README says
+    with pytest.raises(ConfigError, match=r"different config \(optim.lr, per its summary.json\)"):
+        train_mod.run(tiny_cfg(tmp_path, "optim.lr=0.05"))
+    assert train_mod.run(tiny_cfg(tmp_path))["status"] == "completed"  # the same config: nothing to do
+
+
+def test_a_key_the_suite_gained_later_does_not_make_an_old_run_a_different_config(monkeypatch):
+    """Committed runs keep the config.yaml they were written with; a key added since is compared as its
+    documented default (ADDED_KEY_DEFAULTS) or, when not listed, not at all."""
+    monkeypatch.setattr(train_mod, "ADDED_KEY_DEFAULTS", {"data.augment": True})
+    old = {"optim": {"lr": 0.1}, "data.source": "fake", "trainer.dropped": 1}
+    assert train_mod.changed_keys(old, {"optim": {"lr": 0.1, "new_knob": 3}, "data.source": "fake",
+                                        "data.augment": True}) == []
+    assert train_mod.changed_keys(old, {"optim": {"lr": 0.1}, "data.source": "fake",
+                                        "data.augment": False}) == ["data.augment"]
+    assert train_mod.changed_keys(old, {"optim": {"lr": 0.2}, "data.source": "fake"}) == ["optim.lr"]
+
+
+def test_no_committed_reference_run_is_a_different_config_to_this_suite():
+    """`make sweep` over a finished reference run must find it done, not refuse it: what this code composes
+    for each committed run matches the config.yaml the run was written with."""
+    saved = sorted((REPO / "results" / "reference").glob("*/runs/*/seed=*/config.yaml"))
+    assert saved, "no committed reference runs"
+    for path in saved:
+        cfg = yaml.safe_load(path.read_text())
+        m = cfg["model"]
+        with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+            now = compose("config", overrides=[
+                f"experiment={cfg['experiment_name']}", f"data={cfg['data']['source']}",
+                f"model={m['arch']}", f"model.depth={m['depth']}", f"model.shortcut={m['shortcut']}",
+                f"seed={cfg['seed']}"])
+        assert train_mod.changed_keys(train_mod.saved_result_config(path), train_mod.result_config(now)) == [], path
+
+
+def _rerun_sweep(results: Path, *extra: str):
+    return subprocess.run([*sweep_cmd(results), *extra], cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("damage", ["deleted", "emptied"])
+def test_a_completed_run_that_lost_its_curve_is_damaged_in_the_sweep_and_the_report(damage, done_sweep, capsys):
+    plain = run_folder(done_sweep, "plain-8-none", exp="smoke")
+    if damage == "deleted":
+        (plain / "metrics.jsonl").unlink()
+    else:
+        (plain / "metrics.jsonl").write_text("")
+    proc = _rerun_sweep(done_sweep)
+    assert proc.returncode == 1, proc.stderr
+    assert re.search(r"plain-8-none/seed=0\s+damaged", proc.stdout) and re.search(r"resnet-8-A/seed=0\s+completed",
+                                                                                   proc.stdout)
+    assert (f"1 completed run(s) lost their curve (metrics.jsonl missing, empty or cut short): {plain}; the report "
+            f"lists them as damaged and leaves them out; to retrain them, delete those folders and rerun the same "
+            f"command") in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert report_mod.main(["--results", str(done_sweep / "smoke")]) == 0
+    inventory = pd.read_csv(done_sweep / "smoke" / "tables" / "inventory.csv").set_index("run")
+    assert inventory.loc["plain-8-none", "status"] == "damaged"
+    report = (done_sweep / "smoke" / "report.md").read_text()
+    problems = report.split("## Problems")[1]
+    assert ("plain-8-none/seed=0: damaged: summary says completed but metrics.jsonl is missing or empty: the curve "
+            "is lost; not counted") in problems
+    table6 = pd.read_csv(done_sweep / "smoke" / "tables" / "table6.csv").set_index("arch")
+    assert table6.loc["plain", "n"] == 0 and table6.loc["plain", "not_counted"] == "1 damaged"
+
+
+def test_an_edited_config_of_a_finished_run_fails_the_sweep_with_exit_2(done_sweep):
+    plain = run_folder(done_sweep, "plain-8-none", exp="smoke")
+    edited = (plain / "config.yaml").read_text().replace("lr: 0.1\n", "lr: 0.05\n")
+    (plain / "config.yaml").write_text(edited)
+    proc = _rerun_sweep(done_sweep)
+    assert proc.returncode == 2, proc.stderr
+    assert re.search(r"plain-8-none/seed=0\s+error", proc.stdout)
+    errors = proc.stderr.strip().splitlines()
+    assert errors[-2] == (f"error: {plain}: {plain} holds a run with a different config (optim.lr, schedule.lr, "
+                          f"per its config.yaml); use trainer.resume=false to start it over or "
+                          f"experiment_name=... for a new folder")
+    assert errors[-1] == "1 run(s) stopped on the error(s) above; fix them, then rerun the same command"
+    assert (plain / "config.yaml").read_text() == edited and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("optim.batch_size=1000", "batch size 1000 exceeds the 512 training images"),
+    ("data.train_subset=100000", "data.train_subset=100000 exceeds the 512 training images available"),
+], ids=["batch-size", "data"])
+def test_a_user_error_inside_a_sweep_says_what_to_fix_and_exits_2(override, needle, tmp_path):
+    proc = _rerun_sweep(tmp_path, override)
+    assert proc.returncode == 2, proc.stderr
+    errors = proc.stderr.strip().splitlines()
+    assert errors[-1] == "2 run(s) stopped on the error(s) above; fix them, then rerun the same command"
+    assert all(needle in line for line in errors[-3:-1]) and "resume" not in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and not list(tmp_path.rglob("seed=*"))  # no run folder left
+
+
+def test_run_folders_of_unknown_kinds_are_problems_and_the_rest_is_reported(done_sweep, capsys):
+    runs = done_sweep / "smoke" / "runs"
+    shutil.copytree(runs / "plain-8-none", runs / "vgg-16-none")  # a copied run of a kind nobody knows
+    shutil.copytree(runs / "resnet-8-A", runs / "resnet-8-Z")
+    assert report_mod.main(["--results", str(done_sweep / "smoke")]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    problems = (done_sweep / "smoke" / "report.md").read_text().split("## Problems")[1]
+    assert "warning: runs/vgg-16-none/seed=0: a run of a kind this analysis does not know (vgg, shortcut none" in problems
+    assert "warning: runs/resnet-8-Z/seed=0: a run of a kind this analysis does not know (resnet, shortcut Z" in problems
+    inventory = pd.read_csv(done_sweep / "smoke" / "tables" / "inventory.csv")
+    assert sorted(inventory["run"]) == ["plain-8-none", "resnet-8-A"]
+
+
+def test_the_report_lists_planned_runs_never_started_and_a_nan_result_as_problems(done_sweep, capsys):
+    args = sweep_mod.parse_args(["--exp", "smoke", "--seeds", "2", "--results", str(done_sweep)])
+    sweep_mod.write_plan(sweep_mod.plan(args), args)  # seed 1 planned, never started
+    resnet = run_folder(done_sweep, "resnet-8-A", exp="smoke")
+    summary_ = _summary_of(resnet)
+    (resnet / "summary.json").write_text(json.dumps(summary_ | {"final_test_err": float("nan")}))
+    assert report_mod.main(["--results", str(done_sweep / "smoke")]) == 0
+    inventory = pd.read_csv(done_sweep / "smoke" / "tables" / "inventory.csv")
+    assert sorted(zip(inventory["run"], inventory["seed"], inventory["status"])) == [
+        ("plain-8-none", 0, "completed"), ("plain-8-none", 1, "not started"),
+        ("resnet-8-A", 0, "damaged"), ("resnet-8-A", 1, "not started")]
+    problems = (done_sweep / "smoke" / "report.md").read_text().split("## Problems")[1]
+    assert "plain-8-none/seed=1: not started: planned by the sweep (plan.json), no run folder yet" in problems
+    assert "resnet-8-A/seed=0: damaged: final_test_err not a finite number (nan); not counted" in problems
+    assert pd.read_csv(done_sweep / "smoke" / "tables" / "table6.csv").set_index("arch").loc["resnet", "n"] == 0
+
+
+def _outputs(exp: Path) -> dict:
+    return {str(p.relative_to(exp)): p.read_bytes() for p in exp.rglob("*")
+            if p.is_file() and "runs" not in p.relative_to(exp).parts}
+
+
+def test_a_full_disk_during_a_report_is_one_line_and_the_old_report_stays_intact(done_sweep, capsys):
+    exp = done_sweep / "smoke"
+    assert report_mod.main(["--results", str(exp)]) == 0
+    before = _outputs(exp)
+    (exp / "runs" / "plain-8-none" / "seed=0" / "summary.json").unlink()  # the next report would differ
+    proc = subprocess.run([sys.executable, "-m", "analysis.report", "--results", str(exp)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300, preexec_fn=file_size_limit(20_000))
+    errors = [line for line in proc.stderr.splitlines() if not line.startswith("warning: ")]
+    assert proc.returncode == 1 and len(errors) == 1, proc.stderr
+    assert re.fullmatch(rf"error: cannot write {re.escape(str(exp))}/figures/\w+\.png \(EFBIG: File too large\); "
+                        r"free disk space or make the folder writable, then rerun; the previous report is unchanged",
+                        errors[0]), errors[0]
+    assert _outputs(exp) == before and not list(exp.glob(".report-staging-*"))
+
+
+def test_hidden_files_left_by_a_killed_report_are_removed_by_the_next(done_sweep):
+    exp = done_sweep / "smoke"
+    assert report_mod.main(["--results", str(exp)]) == 0
+    leftovers = [exp / ".report.md.k2j3x9", exp / "figures" / ".curves.png.ab12cd",
+                 exp / "tables" / ".inventory.csv.zz99", exp / ".report-staging-q1w2" / "figures" / "curves.png"]
+    for path in leftovers:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half")
+    assert report_mod.main(["--results", str(exp)]) == 0
+    assert not any(p.exists() for p in leftovers) and not list(exp.glob(".report-staging-*"))
+
+
+@pytest.mark.parametrize("limit,blocked", [(100, "plan.json"), (1500, "multirun.yaml")])
+def test_a_sweep_that_cannot_write_its_plan_is_one_line_and_leaves_the_old_file(limit, blocked, tmp_path):
+    exp = tmp_path / "smoke"
+    exp.mkdir()
+    (exp / "multirun.yaml").write_text("old: 1\n")
+    proc = subprocess.run(sweep_cmd(tmp_path), cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=300, preexec_fn=file_size_limit(limit))
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 1 and len(errors) == 1, proc.stderr
+    assert errors[0].startswith(f"error: cannot write {exp / blocked} (EFBIG: File too large)"), errors[0]
+    assert (exp / "multirun.yaml").read_text() == "old: 1\n"
+    assert not (exp / "runs").exists() and not list(exp.glob(".*.tmp"))
+
+
+def test_the_sweeps_final_table_reads_a_read_only_results_folder(done_sweep, monkeypatch, capsys):
+    """A disk mounted read-only (EROFS; root ignores permissions, so it is simulated): every open for
+    writing under it fails, the run folders' lock files included."""
+    real_open = os.open
+
+    def read_only(path, flags, *args, **kwargs):
+        if str(path).startswith(str(done_sweep)) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *args, **kwargs)
+    planned = [sweep_mod.PlannedRun([], run_folder(done_sweep, name, exp="smoke"), "to do", 40, 1280, 1, "fp32", {})
+               for name in SMOKE_RUNS]
+    for run in planned:
+        (run.folder / ".lock").touch()  # what every trained run leaves
+    monkeypatch.setattr(os, "open", read_only)
+    assert sweep_mod.report(planned) == 0
+    out = capsys.readouterr().out
+    assert all(re.search(rf"{name}/seed=0\s+completed", out) for name in SMOKE_RUNS), out
+
+
+def test_paths_with_spaces_commas_and_non_ascii_letters_simply_work(tmp_path, smoke_ref):
+    results = tmp_path / "my results, für später"
+    make = ["make", "--no-print-directory", "-o", ".venv/.installed"]
+    proc = subprocess.run([*make, "sweep", "EXP=smoke", f"RESULTS={results}"], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    for name in SMOKE_RUNS:
+        assert final(run_folder(results, name, exp="smoke")) == smoke_ref[name]
+    proc = subprocess.run([*make, "report", "EXP=smoke", f"RESULTS={results}"], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and (results / "smoke" / "report.md").exists(), proc.stderr
+    tree = _tree(tmp_path / "dätä, copy")
+    proc = cli("--data-root", str(tree), f"data.cache_dir={tmp_path / 'cache'}", "data=cifar10_folder",
+               module="experiments.data", timeout=120)
+    assert proc.returncode == 0 and "train         80 images" in proc.stdout, proc.stderr
+
+
+# ---------------------------------------------------------------------------- stale data cache
+
+def _uncompressed_tree(root: Path) -> Path:
+    """PNGs saved without compression: every image file has the same size."""
+    import numpy as np
+    from PIL import Image
+
+    from experiments.data import CLASSES
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 2), ("test", 1)):
+        for name in CLASSES:
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+                    root / split / name / f"{i}.png", compress_level=0)
+    return root
+
+
+def test_swapped_images_with_their_names_sizes_and_mtimes_kept_are_not_served_from_the_cache(tmp_path):
+    from experiments.data import load_data
+    tree = _uncompressed_tree(tmp_path / "pngs")
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        data_cfg = compose("config", overrides=["data=cifar10_folder", f"data.root={tree}",
+                                                f"data.cache_dir={tmp_path / 'cache'}"]).data
+    before = load_data(data_cfg)
+    a, b = tree / "train" / "cat" / "0.png", tree / "train" / "cat" / "1.png"
+    assert a.stat().st_size == b.stat().st_size
+    times = [(p.stat().st_atime_ns, p.stat().st_mtime_ns) for p in (a, b)]
+    pixels_a, pixels_b = a.read_bytes(), b.read_bytes()
+    a.write_bytes(pixels_b)
+    b.write_bytes(pixels_a)
+    for path, ns in zip((a, b), times):
+        os.utime(path, ns=ns)  # what `touch -d` or `cp -p` would do: names, sizes and mtimes as before
+    after = load_data(data_cfg)
+    cat = before.train_labels == 3
+    assert torch.equal(after.train_images[cat], before.train_images[cat].flip(0))  # the two cats swapped
+    assert after.cache_path != before.cache_path
+
+
+@SLOW
+def test_a_cached_load_of_the_full_image_folder_takes_under_2_s(shared_jpeg, tmp_path):
+    """The fingerprint stats every file (60k JPEGs) on each load. Measured in CPU time with a warm page
+    cache, so that a machine shared with other work (a sweep, parallel tests) measures the code, not
+    the wait for a core."""
+    import tarfile
+
+    from experiments.data import load_data
+    with tarfile.open(shared_jpeg) as tf:
+        tf.extractall(tmp_path / "tree", filter="data")
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        data_cfg = compose("config", overrides=["data=cifar10_folder", f"data.root={tmp_path / 'tree'}",
+                                                f"data.cache_dir={tmp_path / 'cache'}"]).data
+    load_data(data_cfg)  # decodes and caches
+    start, wall = time.process_time(), time.perf_counter()
+    data = load_data(data_cfg)
+    seconds, wall = time.process_time() - start, time.perf_counter() - wall
+    assert len(data.train_images) == 50_000 and seconds < 2.0, f"cached load took {seconds:.2f} s ({wall:.2f} s wall)"
