@@ -615,8 +615,8 @@ def test_a_finished_run_with_neither_config_nor_checkpoint_is_refused_by_its_sum
 
 def test_a_key_the_suite_gained_later_does_not_make_an_old_run_a_different_config(monkeypatch):
     """Committed runs keep the config.yaml they were written with; a key added since is compared as its
-    documented default (ADDED_KEY_DEFAULTS) or, when not listed, not at all."""
-    monkeypatch.setattr(train_mod, "ADDED_KEY_DEFAULTS", {"data.augment": True})
+    documented default (RESULT_KEY_DEFAULTS) or, when not listed, not at all."""
+    monkeypatch.setattr(train_mod, "RESULT_KEY_DEFAULTS", {"data.augment": True})
     old = {"optim": {"lr": 0.1}, "data.source": "fake", "trainer.dropped": 1}
     assert train_mod.changed_keys(old, {"optim": {"lr": 0.1, "new_knob": 3}, "data.source": "fake",
                                         "data.augment": True}) == []
