@@ -29,11 +29,19 @@ def run_dir(results_dir: str | Path, experiment: str, arch: str, depth: int, sho
     return Path(results_dir) / experiment / "runs" / run_name(arch, depth, shortcut) / f"seed={seed}"
 
 
+# Values Hydra reads as one plain string without quotes: letters, digits and _ . / - (not a leading digit,
+# so "1e3" is never a number), except the words Hydra gives a meaning to.
+_PLAIN_HYDRA_VALUE = re.compile(r"[A-Za-z_./][A-Za-z0-9_./-]*")
+_HYDRA_WORDS = {"true", "false", "null", "nan", "inf"}
+
+
 def hydra_quote(value: str) -> str:
     """`value` as a Hydra override value that stays one plain string: quoted (a comma would make a
     sweep, non-ASCII letters and most punctuation are outside Hydra's unquoted grammar), backslashes
     before a quote or at the end doubled as Hydra's grammar asks, and `${` escaped so that OmegaConf
     does not read a path as an interpolation."""
+    if _PLAIN_HYDRA_VALUE.fullmatch(str(value)) and str(value).lower() not in _HYDRA_WORDS:
+        return str(value)  # a plain path stays as written (multirun.yaml reads as the user typed it)
     text = re.sub(r"(\\*)'", lambda m: m[1] * 2 + "\\'", str(value).replace("${", "\\${"))
     text = re.sub(r"(\\+)$", lambda m: m[1] * 2, text)
     return f"'{text}'"

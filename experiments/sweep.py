@@ -300,8 +300,14 @@ def write_multirun_yaml(args, exp_dir: Path) -> str:
     """Write the sweep's multirun.yaml atomically before Hydra rewrites it in place (Hydra opens it
     with "w"): a full or read-only disk then fails here, as one line, with the old file intact, and
     Hydra's own write reuses the space just taken. Returns the text, to repair a half-written file."""
+    overrides = base_overrides(args)
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=base_overrides(args), return_hydra_config=True)
+        # compose() is a single run's: sweep lists (seed=0,1, ARGS='model.depth=8,14') are left out of the
+        # composition and put back in the recorded task list, as Hydra's multirun.yaml records them.
+        sweeps = {o.input_line for o in parse_overrides(overrides) if o.is_sweep_override()}
+        cfg = compose("config", overrides=[o for o in overrides if o not in sweeps], return_hydra_config=True)
+    OmegaConf.set_readonly(cfg, False)
+    cfg.hydra.overrides.task = overrides
     text = OmegaConf.to_yaml(cfg)
     atomic_write_text(exp_dir / "multirun.yaml", text)
     return text

@@ -164,7 +164,7 @@ def test_augment_is_recorded_and_a_config_without_it_means_the_default(tmp_path)
     cfg_file = folder / "config.yaml"
     cfg_file.write_text("".join(l for l in cfg_file.read_text().splitlines(True) if "augment:" not in l))
     assert train_mod.run(tiny_cfg(tmp_path, "schedule.iterations=20"))["status"] == "completed"
-    with pytest.raises(ConfigError, match=r"different config \(data.augment\)"):
+    with pytest.raises(ConfigError, match=r"different config \(data.augment, per its config.yaml\)"):
         train_mod.run(tiny_cfg(tmp_path, "schedule.iterations=20", "data.augment=flip"))
 
 
