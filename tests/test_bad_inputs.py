@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shlex
 import subprocess
 from contextlib import redirect_stderr, redirect_stdout
@@ -169,8 +170,11 @@ def _compose(overrides: list[str]):
 
 def _run_subprocess(tool: str, words: list[str], results: Path, cache: Path) -> tuple[int, str]:
     if tool == "make":  # -o: never let a test reinstall the environment (setup is a prerequisite)
+        # As a user types it, at the top level: under `make test` (CI) the inherited MAKELEVEL would turn
+        # make's own status line into 'make[1]: ***'.
+        env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
         proc = subprocess.run(["make", "--no-print-directory", "-o", ".venv/.installed", *words], cwd=REPO,
-                              capture_output=True, text=True, timeout=120)
+                              capture_output=True, text=True, timeout=120, env=env)
     elif tool == "train":
         proc = cli(*_train_args(words, results, cache), timeout=120)
     else:
