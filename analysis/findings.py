@@ -75,6 +75,9 @@ def abc_headline(results: Results, pairs: pd.DataFrame) -> str:
                 f"{'resolved' if r.resolved else 'not resolved'})" if r.n_pairs > 1 else " (one seed)")
              for r in test.itertuples()]
     resolved = test[test["resolved"]]
+    if test["n_pairs"].max() < 2:
+        return (f"Shortcut options, final test error ({where}): " + "; ".join(parts) + ". One seed per option "
+                "so far: the spread between seeds is unknown, so no difference is resolved yet.")
     end = ("The seeds resolve " + ", ".join(f"{ARCH_WORDS.get(r.arch, r.arch)}-{r.depth} {r.option} − A"
                                             for r in resolved.itertuples())
            + " and no other difference." if len(resolved) else
@@ -193,10 +196,13 @@ def abc_sentences(results: Results, abc: pd.DataFrame, pairs: pd.DataFrame) -> l
             diffs.append(f"{r.option} − A {r.mean_diff:+.2f} points ({ci}, n={r.n_pairs}: {verdict})")
         out.append(f"{ARCH_WORDS.get(arch, arch)}-{depth}, final test error: {listed}; " + "; ".join(diffs) + ".")
     resolved = pairs[pairs["resolved"]]
+    if pairs["n_pairs"].max() < 2:
+        resolved = resolved.iloc[:0]
     summary = ("The seeds resolve " + ", ".join(
         f"{r.option} − A at depth {r.depth} on {r.metric.replace('final_', '').replace('_err', '')} error "
         f"({r.mean_diff:+.2f})" for r in resolved.itertuples())
-        if len(resolved) else "The seeds resolve none of these differences at 95 %")
+        if len(resolved) else "The seeds resolve none of these differences at 95 %"
+        if pairs["n_pairs"].max() > 1 else "One seed per option so far: no difference can be resolved yet")
     t3 = paper.TABLE3_TOP1_ERR
     table3 = ", ".join(f"{k} {v:.2f}" for k, v in t3.items())
     out.append(f"{summary} ({budget_phrase(results)}, {style.data_label(results.runs)}; tables/abc_pairs.csv "

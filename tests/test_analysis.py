@@ -737,3 +737,12 @@ def test_tensorboard_export_holds_every_runs_curve(built, tmp_path):
     curves = pd.read_csv(built / "tables" / "curves.csv").query("run == 'plain-56-none/seed=1'")
     assert [e.step for e in train] == list(curves["iter"])
     assert [float(make_ndarray(e.tensor_proto)) for e in train] == pytest.approx(list(curves["train_err"]))
+
+
+def test_an_ablation_with_one_seed_says_its_spread_is_unknown(tmp_path):
+    for shortcut, test_err in (("A", 10.0), ("B", 8.0)):
+        write_run(tmp_path, "resnet", 20, shortcut, probes=False, iterations=800, test_err=test_err)
+    results = collect(tmp_path)
+    text = findings.headline(results, tables.verdict(results), tables.abc_pairs(results))
+    assert text.startswith("Shortcut options, final test error") and "B − A -2.00 points (one seed)" in text
+    assert "spread between seeds is unknown" in text and "resolve none" not in text
