@@ -71,7 +71,7 @@ def abc_headline(results: Results, pairs: pd.DataFrame) -> str:
     where = f"{style.data_label(results.runs)}, {budget_phrase(results)}"
     test = pairs[pairs["metric"] == "final_test_err"]
     parts = [f"{ARCH_WORDS.get(r.arch, r.arch)}-{r.depth} {r.option} − A {r.mean_diff:+.2f} points"
-             + (f" (95 % CI [{r.ci95_low:+.2f}, {r.ci95_high:+.2f}], n={r.n_pairs}: "
+             + (f" (95 % CI {stats.ci_text(r.ci95_low, r.ci95_high, r.n_pairs)}, n={r.n_pairs}: "
                 f"{'resolved' if r.resolved else 'not resolved'})" if r.n_pairs > 1 else " (one seed)")
              for r in test.itertuples()]
     resolved = test[test["resolved"]]
@@ -109,11 +109,11 @@ def headline(results: Results, v: dict, pairs: pd.DataFrame | None = None) -> st
     return text
 
 
-def degradation_sentences(v: dict, results: Results) -> list[str]:
-    """The verdict in full: the headline plus the mean errors behind each half."""
+def degradation_details(v: dict) -> list[str]:
+    """What stands behind the headline's verdict: the mean errors of each half and the method."""
     if v["status"] == "undetermined":
-        return [headline(results, v)]
-    out = [headline(results, v)]
+        return []
+    out = []
     for arch in ("plain", "resnet"):
         c = v[arch]
         out.append(f"Mean final training error: {net_name(arch, v['shallow'])} {pct(c['shallow_err'])}, "
@@ -140,8 +140,7 @@ def budget_sentence(results: Results) -> str:
     low, high = planned.min(), planned.max()
     span = f"{int(low):,}" if low == high else f"{int(low):,} to {int(high):,}"
     fraction = paper.budget_fraction(high)
-    share = f"{fraction:.0%}" if fraction >= 0.1 else f"{100 * fraction:.2g}%"
-    text = (f"Runs planned {span} iterations, {share} of the paper's "
+    text = (f"Runs planned {span} iterations, {_share(fraction)} of the paper's "
             f"{paper.PAPER_ITERATIONS:,}")
     if fraction < 0.5:
         return text + ": far below the paper's budget, so the comparison with the paper's " \
@@ -165,18 +164,19 @@ def paper_sentence(table6: pd.DataFrame, results: Results) -> str | None:
              f"{r.paper_compared_to:.2f}% ({points(r.diff_vs_paper)})"
              for r in rows.itertuples()]
     label = style.data_label(results.runs)
-    text = (f"Final test error on {label} {budget_phrase(results)} ({budget_sentence_share(results)} of the "
+    fraction = paper.budget_fraction(results.runs["iterations"].dropna().astype(float).max())
+    text = (f"Final test error on {label} {budget_phrase(results)} ({_share(fraction)} of the "
             f"paper's schedule) against the paper's Table 6 (original CIFAR-10, 64,000 iterations): "
             + "; ".join(parts) + ".")
     if "JPEG" in label:
         text += f" Not comparable: {JPEG_SHIFT}."
-    elif paper.budget_fraction(results.runs["iterations"].dropna().max()) < 0.5:
+    elif fraction < 0.5:
         text += " Indicative only: far below the paper's budget."
     return text
 
 
-def budget_sentence_share(results: Results) -> str:
-    fraction = paper.budget_fraction(results.runs["iterations"].dropna().astype(float).max())
+def _share(fraction: float) -> str:
+    """'3%', '25%': a run's budget as a share of the paper's 64,000 iterations."""
     return f"{fraction:.0%}" if fraction >= 0.1 else f"{100 * fraction:.2g}%"
 
 
@@ -191,7 +191,7 @@ def abc_sentences(results: Results, abc: pd.DataFrame, pairs: pd.DataFrame) -> l
         listed = ", ".join(f"{o} {pct(e)}" for o, e in zip(errs["option"], errs["final_test_err_mean"]))
         diffs = []
         for r in group.itertuples():
-            ci = (f"95 % CI [{r.ci95_low:+.2f}, {r.ci95_high:+.2f}]" if r.n_pairs > 1 else "one seed")
+            ci = f"95 % CI {stats.ci_text(r.ci95_low, r.ci95_high, r.n_pairs)}" if r.n_pairs > 1 else "one seed"
             verdict = ("resolved" if r.resolved else "not resolved") if r.n_pairs > 1 else "unresolved"
             diffs.append(f"{r.option} − A {r.mean_diff:+.2f} points ({ci}, n={r.n_pairs}: {verdict})")
         out.append(f"{ARCH_WORDS.get(arch, arch)}-{depth}, final test error: {listed}; " + "; ".join(diffs) + ".")
@@ -322,10 +322,10 @@ def software(results: Results) -> list[tuple[str, str]]:
              ("channels_last", "channels_last"), ("git commit", "git_commit"))]
 
 
-def findings(results: Results, tables: dict) -> list[str]:
-    """The opening paragraphs of the report, one sentence group per item."""
-    v = tables["verdict"]
-    out = [" ".join(degradation_sentences(v, results)[1:])] if v["status"] != "undetermined" else []
+def findings(results: Results, tables: dict, v: dict) -> list[str]:
+    """The opening paragraphs of the report, one sentence group per item (the verdict itself is the
+    headline above them)."""
+    out = [" ".join(details)] if (details := degradation_details(v)) else []
     out += [s for s in (paper_sentence(tables["table6"], results),) if s]
     out += abc_sentences(results, tables["abc"], tables["abc_pairs"])
     out.append(status_sentence(results, tables["inventory"]) + " " + budget_sentence(results))

@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 from filelock import FileLock, Timeout
 
-from analysis import figures, findings, paper, render, tables
+from analysis import figures, findings, paper, render, stats, tables
 from analysis.collect import COMPLETED, Results, ResultsError, collect, experiment_name
 from analysis.style import atomic_write, data_label, is_fake, png_bytes, save
 
@@ -117,8 +117,7 @@ def abc_pairs_view(t: pd.DataFrame) -> pd.DataFrame:
         "difference": [f"{o} − A, final {m.replace('final_', '').replace('_err', '')} err"
                        for o, m in zip(t["option"], t["metric"])],
         "mean ± std (points)": [_ms(m, s, n) for m, s, n in zip(t["mean_diff"], t["std_diff"], t["n_pairs"])],
-        "95 % CI": [f"[{lo:+.2f}, {hi:+.2f}]" if n > 1 else "—" for lo, hi, n in
-                    zip(t["ci95_low"], t["ci95_high"], t["n_pairs"])],
+        "95 % CI": [stats.ci_text(lo, hi, n) for lo, hi, n in zip(t["ci95_low"], t["ci95_high"], t["n_pairs"])],
         "seeds resolve it": ["yes" if r else "no" for r in t["resolved"]]})
 
 
@@ -127,8 +126,7 @@ def verdicts_view(t: pd.DataFrame) -> pd.DataFrame:
         "claim": t["claim"], "depths": [f"{a} → {b}" for a, b in zip(t["shallower"], t["deeper"])],
         "deeper − shallower, final train err (points)": [
             _ms(m, s, n) for m, s, n in zip(t["mean_diff"], t["std_diff"], t["n_pairs"])],
-        "95 % CI": [f"[{lo:+.2f}, {hi:+.2f}]" if n > 1 else "—" for lo, hi, n in
-                    zip(t["ci95_low"], t["ci95_high"], t["n_pairs"])],
+        "95 % CI": [stats.ci_text(lo, hi, n) for lo, hi, n in zip(t["ci95_low"], t["ci95_high"], t["n_pairs"])],
         "seeds agreeing": [f"{a} of {n}" for a, n in zip(t["seeds_agreeing"], t["n_pairs"])],
         "verdict": t["state"]})
 
@@ -155,7 +153,7 @@ def problems(results: Results, inventory: pd.DataFrame) -> list[str]:
     return out + [f"warning: {w.replace(prefix, '')}" for w in results.warnings]
 
 
-def build_blocks(results: Results, all_tables: dict, plots, pngs: dict, stamp: str) -> list:
+def build_blocks(results: Results, all_tables: dict, v: dict, plots, pngs: dict, stamp: str) -> list:
     exp, shortcut = experiment_name(results.root), tables.main_shortcut(results.runs)
     has_abc = not all_tables["abc_pairs"].empty
     blocks = [("title", f"Plain vs residual networks: {exp}")]
@@ -163,12 +161,12 @@ def build_blocks(results: Results, all_tables: dict, plots, pngs: dict, stamp: s
         blocks.append(("banner", "FAKE DATA (tests only): these numbers say nothing about "
                                  "CIFAR-10."))
     blocks += [("stamp", stamp), ("p", f"Data: {data_label(results.runs)}."),
-               ("callout", findings.headline(results, all_tables["verdict"], all_tables["abc_pairs"]))]
+               ("callout", findings.headline(results, v, all_tables["abc_pairs"]))]
     lead = next((p for p in plots if p.figure is not None), None)  # the figure that shows the verdict
     if lead is not None:
         blocks.append(("figure", lead.title, lead.caption, f"figures/{lead.name}.png",
                        *pngs[lead.name]))
-    blocks += [("h2", "Findings"), *[("p", s) for s in findings.findings(results, all_tables)],
+    blocks += [("h2", "Findings"), *[("p", s) for s in findings.findings(results, all_tables, v)],
                ("h2", "What degradation is"), ("p", findings.EXPLANATION), ("h2", "Figures")]
     for plot in plots:
         if plot is lead:
@@ -276,8 +274,9 @@ def _write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8", newline="\n"))
 
 
-def write_report(results: Results, figures_only: bool = False) -> list[Path]:
-    """Write everything, or (ReportWriteError) nothing: the files already there stay as they were."""
+def write_report(results: Results, figures_only: bool = False) -> tuple[list[Path], str | None]:
+    """Write everything, or (ReportWriteError) nothing: the files already there stay as they were.
+    Returns the files written and the degradation verdict (None for figures only)."""
     root = results.root
     try:
         lock = FileLock(root / ".report.lock")
@@ -285,7 +284,7 @@ def write_report(results: Results, figures_only: bool = False) -> list[Path]:
             remove_leftovers(root)
             stage = Staging(root)
             try:
-                stale = _stage_report(results, stage, figures_only)
+                stale, status = _stage_report(results, stage, figures_only)
                 stage.commit(stale)
             except OSError as e:
                 raise _write_failed(stage.current, e) from None
@@ -296,11 +295,12 @@ def write_report(results: Results, figures_only: bool = False) -> list[Path]:
                                f"then rerun") from None
     except OSError as e:  # the lock file: a read-only or full experiment folder
         raise _write_failed(root / ".report.lock", e) from None
-    return [root / relative for relative in stage.files if relative.endswith((".png", ".csv", ".md", ".html"))]
+    return [root / relative for relative in stage.files if relative.endswith((".png", ".csv", ".md", ".html"))], status
 
 
-def _stage_report(results: Results, stage: Staging, figures_only: bool) -> list[Path]:
-    """Every output into `stage`; returns the old files to delete (figures skipped this time)."""
+def _stage_report(results: Results, stage: Staging, figures_only: bool) -> tuple[list[Path], str | None]:
+    """Every output into `stage`; returns the old files to delete (figures skipped this time) and
+    the degradation verdict."""
     plots, pngs, stale = figures.build_all(results), {}, []
     phone = not figures_only  # the phone layouts are for the HTML only
     narrow = {p.name: p for p in figures.build_all(results, narrow=True)} if phone else {}
@@ -313,21 +313,20 @@ def _stage_report(results: Results, stage: Staging, figures_only: bool) -> list[
                                png_bytes(narrow[plot.name].figure) if phone else None)
             stage.files.append(f"figures/{plot.name}.svg")  # written beside the .png by save()
     if figures_only:
-        return stale
-    all_tables = tables.all_tables(results)
+        return stale, None
+    all_tables, v = tables.all_tables(results)
     for name, frame in all_tables.items():
         _write_text(stage.path(f"tables/{name}.csv"),
                     frame.to_csv(index=False, lineterminator="\n", float_format="%.10g"))
-    all_tables["verdict"] = tables.verdict(results)
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     now = datetime.fromtimestamp(int(epoch), timezone.utc) if epoch else datetime.now(timezone.utc)
     stamp = f"Generated {now:%Y-%m-%d %H:%M:%S} UTC by python -m analysis.report"
-    blocks = build_blocks(results, all_tables, plots, pngs, stamp)
+    blocks = build_blocks(results, all_tables, v, plots, pngs, stamp)
     title = f"Plain vs residual networks: {experiment_name(results.root)}"
     for name, text in (("report.md", render.to_markdown(blocks)),
                        ("report.html", render.to_html(blocks, title))):
         _write_text(stage.path(name), text)
-    return stale
+    return stale, v["status"]
 
 
 def main(argv=None) -> int:
@@ -346,14 +345,14 @@ def main(argv=None) -> int:
     for warning in results.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     try:
-        written = write_report(results, figures_only=args.figures_only)
+        written, status = write_report(results, figures_only=args.figures_only)
     except ReportWriteError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     for path in written:
         print(f"wrote {path}")
-    if not args.figures_only:
-        print(f"degradation: {tables.verdict(results)['status']}")
+    if status is not None:
+        print(f"degradation: {status}")
     return 0
 
 

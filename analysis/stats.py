@@ -70,11 +70,16 @@ def paired(runs: pd.DataFrame, a: tuple[str, str, int], b: tuple[str, str, int],
     return Paired(seeds, tuple(eb[s] - ea[s] for s in seeds))
 
 
+# Every paired difference the report prints, in sentences and tables alike, goes through these two.
+def ci_text(low: float, high: float, n: int) -> str:
+    """'[+0.40, +2.06]'; '—' where fewer than two seeds give no interval."""
+    return f"[{low:+.2f}, {high:+.2f}]" if n > 1 else "—"
+
+
 def interval_text(p: Paired) -> str:
-    """'+1.23 points, 95 % CI [+0.40, +2.06], n=3' (no interval from a single seed)."""
+    """'+1.23 ± 0.40 points, 95 % CI [+0.40, +2.06], n=3' (no interval from a single seed)."""
     if p.n == 0:
         return "no paired seeds"
     if p.n == 1:
         return f"{p.mean:+.2f} points, n=1 (one seed: spread unknown)"
-    low, high = p.interval
-    return f"{p.mean:+.2f} ± {p.std:.2f} points, 95 % CI [{low:+.2f}, {high:+.2f}], n={p.n}"
+    return f"{p.mean:+.2f} ± {p.std:.2f} points, 95 % CI {ci_text(*p.interval, p.n)}, n={p.n}"

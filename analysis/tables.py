@@ -157,10 +157,11 @@ def claim_state(p: stats.Paired, sign: int) -> str:
 HOLDS = ("shown", "consistent")
 
 
-def verdict(results: Results) -> dict:
+def verdict(results: Results, table: pd.DataFrame | None = None) -> dict:
     """Both halves of Fig. 6 from paired seeds. "reproduced" only when both hold in every paired
-    seed (n >= 2); "half-shown" when only the plain half does."""
-    table = degradation(results)
+    seed (n >= 2); "half-shown" when only the plain half does. `table`: degradation(results), when
+    the caller has it already."""
+    table = degradation(results) if table is None else table
     both = table[(table["plain_n"] > 0) & (table["resnet_n"] > 0)]
     if len(both) < 2:
         return {"status": "undetermined",
@@ -287,9 +288,10 @@ def curves(results: Results) -> pd.DataFrame:
     return results.metrics.rename(columns={"run_id": "run"})
 
 
-def all_tables(results: Results) -> dict[str, pd.DataFrame]:
-    """Every table by the file name it is written under."""
+def all_tables(results: Results) -> tuple[dict[str, pd.DataFrame], dict]:
+    """Every table by the file name it is written under, and the verdict they were computed with."""
     deg = degradation(results)
+    v = verdict(results, deg)
     return {"inventory": inventory(results), "table6": table6(results), "degradation": deg,
-            "degradation_pairs": depth_pairs(deg), "verdicts": verdict_table(verdict(results)),
-            "abc": abc(results), "abc_pairs": abc_pairs(results), "curves": curves(results)}
+            "degradation_pairs": depth_pairs(deg), "verdicts": verdict_table(v),
+            "abc": abc(results), "abc_pairs": abc_pairs(results), "curves": curves(results)}, v
