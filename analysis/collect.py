@@ -2,7 +2,8 @@
 
 The folder layout and file formats are the contract documented in README.md:
     <results>/runs/<arch>-<depth>-<shortcut>/seed=<k>/{config.yaml, metrics.jsonl, summary.json}
-This module reads files only; it never imports the training code.
+experiments/contract.py owns it (names, statuses, format version, the JSONL reader); this module
+reads files only and imports nothing else of the training side.
 
 Robust to partial sweeps, because a report is often made while a sweep still runs:
 - a corrupt metrics.jsonl line is skipped with a warning naming file and line;
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
@@ -28,13 +28,15 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-FORMAT_VERSION = 1
-COMPLETED, INCOMPLETE, CORRUPT, DAMAGED = "completed", "running/incomplete", "corrupt", "damaged"
-NOT_STARTED, MISSING = "not started", "missing"
-# The network kinds (run-name prefixes) and their shortcut options that the tables and figures know.
-KINDS = {"plain": ("none",), "resnet": ("A", "B", "C"), "preact": ("A", "B", "C")}
-RUN_NAME = re.compile(r"^(?P<arch>[A-Za-z]+)-(?P<depth>\d+)-(?P<shortcut>\w+)$")
-SEED_DIR = re.compile(r"^seed=(?P<seed>\d+)$")
+# The statuses are the contract's; the other analysis modules take them from here, beside Results.
+from experiments.contract import (
+    COMPLETED, CORRUPT, DAMAGED, DIVERGED, FORMAT_VERSION, KINDS, MISSING, FormatError, check_version, is_known,
+    lost_curve, parse_run_name, parse_run_path, parse_seed_name, read_metrics,
+)
+
+# What the analysis calls a run beside the contract's statuses: begun and not finished (or killed),
+# and planned by the sweep (plan.json) without a folder yet.
+INCOMPLETE, NOT_STARTED = "running/incomplete", "not started"
 METRIC_FIELDS = ("epoch", "lr", "warmup", "train_loss", "train_err", "test_loss", "test_err",
                  "elapsed_s", "images_per_s")
 # summary.json fields copied verbatim into the runs table (README lists them all).
@@ -85,42 +87,6 @@ def _number(value):
     return float(value)
 
 
-def _check_version(version, path: Path, where: str) -> None:
-    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
-        raise ResultsError(
-            f"{path}{where} has format_version {version}, newer than this analysis reads "
-            f"({FORMAT_VERSION}); update the suite to analyse it")
-
-
-def read_metrics(path: Path, warnings: list[str]) -> list[dict]:
-    """The valid lines of a metrics.jsonl; every invalid one becomes a warning."""
-    records = []
-    if not path.exists():
-        return records
-    for lineno, text in enumerate(path.read_text(errors="replace").splitlines(), start=1):
-        if not text.strip():
-            continue
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as exc:
-            warnings.append(f"{path}: line {lineno}: not valid JSON ({exc.msg}); line skipped")
-            continue
-        if not isinstance(record, dict):
-            warnings.append(f"{path}: line {lineno}: not a JSON object; line skipped")
-            continue
-        version = record.get("format_version")
-        _check_version(version, path, f": line {lineno}")
-        if version != FORMAT_VERSION:
-            warnings.append(f"{path}: line {lineno}: format_version {version!r}, expected "
-                            f"{FORMAT_VERSION}; line skipped")
-            continue
-        if isinstance(record.get("iter"), bool) or not isinstance(record.get("iter"), int):
-            warnings.append(f"{path}: line {lineno}: no integer 'iter'; line skipped")
-            continue
-        records.append(record)
-    return records
-
-
 def read_summary(path: Path, warnings: list[str]) -> dict | None:
     """summary.json as a dict, or None when it is unreadable (the run is then 'corrupt')."""
     try:
@@ -131,7 +97,7 @@ def read_summary(path: Path, warnings: list[str]) -> dict | None:
     if not isinstance(summary, dict):
         warnings.append(f"{path}: not a JSON object; run listed as corrupt")
         return None
-    _check_version(summary.get("format_version"), path, "")
+    check_version(summary.get("format_version"), path)
     if summary.get("format_version") != FORMAT_VERSION or not isinstance(summary.get("status"), str):
         warnings.append(f"{path}: format_version {summary.get('format_version')!r} or status "
                         f"{summary.get('status')!r} invalid; run listed as corrupt")
@@ -152,15 +118,11 @@ def read_config(path: Path, warnings: list[str]) -> dict:
 
 def _identity(run_dir: Path, config: dict, summary: dict | None) -> dict | None:
     """arch/depth/shortcut/seed from the folder names (the contract), else from the files."""
-    named = RUN_NAME.match(run_dir.parent.name)
+    named = parse_run_name(run_dir.parent.name)
     model = config.get("model") or {}
     summary = summary or {}
-    ident = {
-        "arch": named["arch"] if named else summary.get("arch", model.get("arch")),
-        "depth": int(named["depth"]) if named else summary.get("depth", model.get("depth")),
-        "shortcut": named["shortcut"] if named else summary.get("shortcut", model.get("shortcut")),
-        "seed": int(SEED_DIR.match(run_dir.name)["seed"]),
-    }
+    arch, depth, shortcut = named or (summary.get(key, model.get(key)) for key in ("arch", "depth", "shortcut"))
+    ident = {"arch": arch, "depth": depth, "shortcut": shortcut, "seed": parse_seed_name(run_dir.name)}
     if ident["arch"] is None or not isinstance(ident["depth"], int):
         return None
     ident["shortcut"] = str(ident["shortcut"])
@@ -176,7 +138,7 @@ def _read_run(run_dir: Path, root: Path, warnings: list[str]):
     if ident is None:
         warnings.append(f"{run_dir}: cannot tell arch/depth from folder or files; skipped")
         return None
-    if ident["shortcut"] not in KINDS.get(ident["arch"], ()):
+    if not is_known(ident["arch"], ident["shortcut"]):
         known = "; ".join(f"{k}-<depth>-{'|'.join(v)}" for k, v in KINDS.items())
         warnings.append(f"{run_dir}: a run of a kind this analysis does not know "
                         f"({ident['arch']}, shortcut {ident['shortcut']}; it knows {known}); not analysed")
@@ -213,12 +175,9 @@ def _read_run(run_dir: Path, root: Path, warnings: list[str]):
 
 def _damage(row: dict, records: list[dict]) -> str | None:
     """Why a run that says "completed" is not a clean result, or None."""
-    done = row["iterations_done"]
-    if not records:
-        return "summary says completed but metrics.jsonl is missing or empty: the curve is lost"
-    if isinstance(done, int) and not any(r["iter"] == done for r in records):
-        return (f"summary says completed at iter {done} but metrics.jsonl ends at iter {records[-1]['iter']}: "
-                f"the curve is cut short")
+    lost = lost_curve(records, row["iterations_done"])
+    if lost:
+        return lost
     bad = [n for n in ("final_train_err", "final_test_err") if not math.isfinite(_number(row[n]))]
     if bad:
         return f"{' and '.join(bad)} not a finite number ({', '.join(repr(row[n]) for n in bad)})"
@@ -262,7 +221,7 @@ def read_plan(root: Path, warnings: list[str]) -> list[dict]:
     try:
         plan = json.loads(path.read_text())
         names = plan["runs"]
-        _check_version(plan.get("format_version"), path, "")
+        check_version(plan.get("format_version"), path)
         if not isinstance(names, list):
             raise TypeError("'runs' is not a list")
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
@@ -270,14 +229,11 @@ def read_plan(root: Path, warnings: list[str]) -> list[dict]:
         return []
     planned = []
     for name in names:
-        parts = Path(str(name)).parts  # runs/<arch>-<depth>-<shortcut>/seed=<k>
-        named = RUN_NAME.match(parts[1]) if len(parts) == 3 and parts[0] == "runs" else None
-        seed = SEED_DIR.match(parts[2]) if named else None
-        if not seed:
+        run = parse_run_path(str(name))
+        if run is None:
             warnings.append(f"{path}: planned run {name!r} is not runs/<arch>-<depth>-<shortcut>/seed=<k>; ignored")
             continue
-        planned.append({"arch": named["arch"], "depth": int(named["depth"]),
-                        "shortcut": named["shortcut"], "seed": int(seed["seed"])})
+        planned.append(run._asdict())
     return planned
 
 
@@ -300,15 +256,22 @@ def _missing(runs: pd.DataFrame, planned: list[dict]) -> pd.DataFrame:
 
 
 def collect(root: Path | str) -> Results:
-    """Everything under <root>/runs, or ResultsError when there is nothing to analyse."""
-    root = Path(root)
+    """Everything under <root>/runs, or ResultsError when there is nothing to analyse or a file is
+    in a newer format than this suite reads."""
+    try:
+        return _collect(Path(root))
+    except FormatError as exc:
+        raise ResultsError(str(exc)) from None
+
+
+def _collect(root: Path) -> Results:
     run_dirs = sorted(d for d in (root / "runs").glob("*/seed=*")
-                      if d.is_dir() and SEED_DIR.match(d.name))
+                      if d.is_dir() and parse_seed_name(d.name) is not None)
     if not run_dirs:
         raise ResultsError(f"no runs under {root / 'runs'}; run `make sweep "
                            f"EXP={experiment_name(root)}` first")
     warnings = [f"{d}: not a seed=<k> folder; ignored" for d in sorted((root / "runs").glob("*/*"))
-                if d.is_dir() and not SEED_DIR.match(d.name)]
+                if d.is_dir() and parse_seed_name(d.name) is None]
     rows, metric_rows, probe_rows, configs = [], [], [], {}
     for run_dir in run_dirs:
         read = _read_run(run_dir, root, warnings)

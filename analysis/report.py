@@ -28,7 +28,8 @@ from filelock import FileLock, Timeout
 
 from analysis import figures, findings, paper, render, stats, tables
 from analysis.collect import COMPLETED, Results, ResultsError, collect, experiment_name
-from analysis.style import atomic_write, data_label, is_fake, png_bytes, save
+from analysis.style import data_label, is_fake, png_bytes, save
+from experiments.contract import atomic_write
 
 
 def _ms(mean, std, n) -> str:
@@ -271,7 +272,7 @@ def remove_leftovers(root: Path) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8", newline="\n"))
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def write_report(results: Results, figures_only: bool = False) -> tuple[list[Path], str | None]:

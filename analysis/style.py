@@ -7,8 +7,6 @@ and colours that depend only on which depths exist, never on plotting order.
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,6 +16,8 @@ matplotlib.use("Agg")  # files only: no display needed, and the same pixels ever
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+
+from experiments.contract import atomic_write  # noqa: E402
 
 # One visual language for every figure: colour means depth, line style and marker mean the
 # architecture, never the other way round. Depths the suite and the paper use have a fixed
@@ -137,29 +137,9 @@ def title(fig, text: str, runs: pd.DataFrame, narrow: bool = False) -> None:
                  fontweight="bold" if fake else "normal", fontsize=11)
 
 
-def default_mode() -> int:
-    """The permissions a plain open() would give (mkstemp's 0600 would hide reports)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_write(path: Path, write) -> None:
-    """`write(tmp_path)` fills a temp file beside `path`, which then replaces `path` at once:
-    a reader never sees half a report or figure."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, default_mode())
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _atomic_save(fig, path: Path, **kwargs) -> None:
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix[1:], **kwargs))
+    """A reader never sees half a figure."""
+    atomic_write(path, lambda f: fig.savefig(f, format=path.suffix[1:], **kwargs))
 
 
 def png_bytes(fig, dpi: int = 150) -> bytes:

@@ -13,7 +13,7 @@ import math
 import pandas as pd
 
 from analysis import paper, stats
-from analysis.collect import COMPLETED, DAMAGED, Results
+from analysis.collect import COMPLETED, CORRUPT, DAMAGED, DIVERGED, Results
 
 NET = ["arch", "shortcut", "depth"]
 
@@ -254,10 +254,10 @@ def inventory(results: Results) -> pd.DataFrame:
     for run in runs.itertuples():
         if run.status == COMPLETED:
             notes.append("")
-        elif run.status == "diverged":
+        elif run.status == DIVERGED:
             at = f" at iter {int(run.diverged_at)}" if pd.notna(run.diverged_at) else ""
             notes.append(f"diverged{at}; not counted")
-        elif run.status == "corrupt":
+        elif run.status == CORRUPT:
             notes.append("corrupt: summary.json unreadable; not counted")
         elif run.status == DAMAGED:
             notes.append(f"damaged: {run.error}; not counted")

@@ -15,7 +15,6 @@ import os
 import shutil
 import sys
 import tarfile
-import tempfile
 import time
 import zlib
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from experiments import CONF
+from experiments.contract import atomic_write
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SOURCES = ("cifar10", "cifar10_folder", "fake")
@@ -349,15 +349,9 @@ def _cached(cache_dir: str | None, name: str, key: str, decode, built: list | No
         if hit is not None:
             return *hit, path
         images, labels = decode()
-        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save({"key": key, "images": images, "labels": labels, "digest": _digest(images, labels)}, f)
-            os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is shared by everyone's runs
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        entry = {"key": key, "images": images, "labels": labels, "digest": _digest(images, labels)}
+        # 0644 whatever the umask: the cache is shared by everyone's runs
+        atomic_write(Path(path), lambda f: torch.save(entry, f), mode=0o644)
         if built is not None:
             built.append((path, made_dir))
         return images, labels, path

@@ -40,6 +40,7 @@ from hydra import compose, initialize_config_dir
 
 from experiments import bench
 from experiments import train as train_mod
+from experiments.contract import COMPLETED
 from experiments.device import available_cores, cpu_name, native_bf16, nvml_compute_capabilities
 from experiments.models import response_layers
 from experiments.probes import evaluate
@@ -140,7 +141,7 @@ def resume(ctx) -> dict:
         cmp = _compare(_rows(work / "cut"), _rows(work / "ref"))
         curves[name] = _rows(work / "ref")
         exact = ctx.dev.type == "cpu"
-        ok = (killed == -9 and summary["status"] == "completed" and resumed and cmp["same_points"]
+        ok = (killed == -9 and summary["status"] == COMPLETED and resumed and cmp["same_points"]
               and (cmp["identical"] if exact else cmp["max_loss_rel_diff"] < LOSS_RTOL
                    and cmp["max_err_diff_points"] < ERR_ATOL))
         out[name] = {"ok": bool(ok), "killed_rc": killed, "resumed_at_40": resumed, "vs_uninterrupted": cmp,

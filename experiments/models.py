@@ -10,14 +10,16 @@ CIFAR family (`plain`, `resnet`):
   torchvision v1.5) and their plain twins `plain18 ... plain152`, with a CIFAR stem (3x3 conv,
   no max-pool) or `stem="imagenet"`; with 1000 classes and that stem the parameter counts equal
   torchvision's resnet18..152 exactly.
-Every net is named by a family kind ('plain' | 'resnet' | 'preact', see `arch_kind`), which is
-what run folders and the analysis group by.
+Every net is named by a family kind ('plain' | 'resnet' | 'preact', see `contract.arch_kind`), which
+is what run folders and the analysis group by.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from experiments.contract import SHORTCUTS, arch_kind  # the kind names a run's folder (the results contract)
 
 CIFAR_ARCHS = ("plain", "resnet", "preact")  # depth 6n+2
 # ImageNet-style nets (paper Table 1): name -> (block, blocks per stage). Depth = the name's number.
@@ -28,7 +30,6 @@ ZOO = {
 }
 ZOO.update({"plain" + name[6:]: spec for name, spec in list(ZOO.items())})  # plain18 ... plain152
 ARCHS = CIFAR_ARCHS + tuple(ZOO)
-SHORTCUTS = ("A", "B", "C")
 STEMS = ("cifar", "imagenet")
 # Filters of the first stage (stem included); each later stage doubles them. 16 is the paper's
 # CIFAR net (16/32/64, Sec. 4.2), 64 its Table 1 nets (64/128/256/512, x4 out for Bottleneck).
@@ -228,14 +229,6 @@ class PreActCifarNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-def arch_kind(arch: str) -> str:
-    """The family a net belongs to, which names its run folder: 'plain', 'resnet' or 'preact'
-    (resnet34 -> 'resnet', plain50 -> 'plain'); an unknown name is returned unchanged."""
-    if arch in ZOO:
-        return "plain" if arch.startswith("plain") else "resnet"
-    return arch
-
-
 def zoo_depth(arch: str) -> int:
     """Weighted layers of an ImageNet-style net: stem + 2 (basic) or 3 (bottleneck) per block + FC."""
     block, layers = ZOO[arch]
@@ -302,11 +295,6 @@ def build_from_config(model_cfg, **kwargs) -> nn.Module:
     m = model_cfg
     shortcut = None if arch_kind(m.arch) == "plain" else m.shortcut
     return build_model(m.arch, m.depth, shortcut, width=m.width, stem=m.get("stem", "cifar"), **kwargs)
-
-
-def shortcut_name(arch: str, shortcut: str) -> str:
-    """How a run records its shortcut: the option for residual nets, 'none' for plain nets."""
-    return "none" if arch_kind(arch) == "plain" else shortcut
 
 
 def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:

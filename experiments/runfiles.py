@@ -1,32 +1,17 @@
-"""Where a run lives on disk and how its files are written (the results contract, README)."""
+"""How the training side writes a run's files, on top of the results contract (experiments/contract.py):
+failures as one-line WriteErrors, checkpoints by torch.save, metric lines appended; and quoting for Hydra."""
 from __future__ import annotations
 
 import errno
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 
+from experiments.contract import atomic_write, jsonl_line
 from experiments.faults import fault_point
-from experiments.models import arch_kind
-
-FORMAT_VERSION = 1
-
-
-def run_name(arch: str, depth: int, shortcut: str) -> str:
-    """<kind>-<depth>-<shortcut>: the family kind (resnet34 -> resnet-34-B, plain34 -> plain-34-none,
-    preact -> preact-110-A). A CIFAR resnet and resnet50/152 of the same depth and option share
-    a name: keep them in different experiments (a resume with a different model is refused)."""
-    kind = arch_kind(arch)
-    return f"{kind}-{depth}-{'none' if kind == 'plain' else shortcut}"
-
-
-def run_dir(results_dir: str | Path, experiment: str, arch: str, depth: int, shortcut: str, seed: int) -> Path:
-    """A pure function of the config: asking twice for the same run finds the same folder."""
-    return Path(results_dir) / experiment / "runs" / run_name(arch, depth, shortcut) / f"seed={seed}"
 
 
 # Values Hydra reads as one plain string without quotes: letters, digits and _ . / - (not a leading digit,
@@ -64,35 +49,12 @@ def _write_error(path: Path, e: BaseException) -> BaseException:
                       f"then rerun the same command to resume")
 
 
-def _plain_mode() -> int:
-    """The permissions a plain open() would give under the current umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-_PLAIN_MODE = _plain_mode()
-
-
 def _atomic(path: Path, write) -> None:
-    """Write to a temp file in the same folder, fsync, then os.replace: readers see the old
-    file or the new one, never a half-written one."""
+    """contract.atomic_write, with an OSError behind a failure (torch.save wraps them) as a WriteError."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise _write_error(path, e) from e
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _PLAIN_MODE)  # mkstemp's 0600 would hide results from others on a shared folder
-        fault_point(f"write:{path.name}")  # killed here: the temp file exists, the target is untouched
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        error = _write_error(path, e) if isinstance(e, (OSError, RuntimeError)) else e
+        atomic_write(path, write)
+    except (OSError, RuntimeError) as e:
+        error = _write_error(path, e)
         if error is e:
             raise
         raise error from e
@@ -110,39 +72,10 @@ def atomic_torch_save(path: Path, obj: dict) -> None:
     _atomic(path, lambda f: torch.save(obj, f))
 
 
-def read_json(path: Path) -> dict | None:
-    """The parsed file, or None when it is missing or unreadable (a crash mid-write of a
-    non-atomic copy, a disk error): the caller treats that as 'not done'."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def read_metrics(path: Path, up_to_iter: int | None = None) -> list[dict]:
-    """The valid lines of metrics.jsonl (a line cut short by a kill is dropped), optionally
-    only those at or before `up_to_iter` (the checkpoint a resumed run continues from)."""
-    rows = []
-    if not path.exists():
-        return rows
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and "iter" in row and (up_to_iter is None or row["iter"] <= up_to_iter):
-            rows.append(row)
-    return rows
-
-
-def to_jsonl(row: dict) -> str:
-    return json.dumps(row, sort_keys=True) + "\n"
-
-
 def append_metrics(path: Path, row: dict) -> None:
     try:
         with open(path, "a") as f:
-            line = to_jsonl(row)
+            line = jsonl_line(row)
             f.write(line[: len(line) // 2])
             f.flush()
             fault_point("append:metrics")  # killed here: a half line, which readers must drop

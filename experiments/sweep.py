@@ -35,10 +35,11 @@ from experiments.device import (
     available_cores, cpu_name, detect_device_type, nvml_gpu_name, planned_native_bf16, resolve_precision,
 )
 from experiments.models import build_from_config, count_macs
-from experiments.runfiles import (
-    FORMAT_VERSION, WriteError, atomic_write_json, atomic_write_text, hydra_quote, read_json, read_metrics, run_dir,
+from experiments.contract import (
+    COMPLETED, CORRUPT, DAMAGED, FINISHED, FORMAT_VERSION, MISSING, FormatError, lost_curve, read_json, read_metrics,
 )
-from experiments.train import SWEEP_ERRORS_ENV
+from experiments.runfiles import WriteError, atomic_write_json, atomic_write_text, hydra_quote
+from experiments.train import SWEEP_ERRORS_ENV, folder_of
 
 SOURCE_TREE = Path(__file__).resolve().parents[1]  # the checkout this package runs from (if any)
 LAUNCHERS = ("basic", "joblib", "slurm", "local")  # Hydra launcher configs: built-in basic, joblib, conf/hydra/launcher/*
@@ -46,6 +47,9 @@ LAUNCHERS = ("basic", "joblib", "slurm", "local")  # Hydra launcher configs: bui
 # no benchmark of a matching device is found (see `make bench` and bench_files).
 # (ResNet-56 at 0.125 GMAC: ~450 img/s bf16 on 2 EPYC cores; the H100 target is 25k img/s.)
 FALLBACK_GMAC_IMAGES_PER_S = {"cpu": 450 * 0.125, "cuda": 25_000 * 0.125}
+# What the sweep calls a run that is not finished (beside the contract's statuses): not begun, begun
+# (a checkpoint to resume), being trained by another process now, stopped on an error the user must fix.
+TO_DO, PARTIAL, TRAINING, ERROR = "to do", "partial", "training", "error"
 
 
 class SweepError(Exception):
@@ -176,11 +180,10 @@ def _plan(args) -> list[PlannedRun]:
                 check_config(cfg)
             except ConfigError as e:
                 raise SweepError(f"run {cfg.model.arch}-{cfg.model.depth} seed={cfg.seed}: {e}") from None
-            m = cfg.model
-            folder = run_dir(cfg.results_dir, cfg.experiment_name, m.arch, m.depth, m.shortcut, cfg.seed)
+            m, folder = cfg.model, folder_of(cfg)
             summary = read_json(folder / "summary.json")
-            status = summary["status"] if summary and summary.get("status") in ("completed", "diverged") else (
-                "training" if locked_elsewhere(folder) else "partial" if (folder / "last.pt").exists() else "to do")
+            status = summary["status"] if isinstance(summary, dict) and summary.get("status") in FINISHED else (
+                TRAINING if locked_elsewhere(folder) else PARTIAL if (folder / "last.pt").exists() else TO_DO)
             runs.append(PlannedRun(overrides, folder, status, cfg.schedule.iterations,
                                    cfg.schedule.iterations * cfg.optim.batch_size, _macs(m),
                                    resolve_precision(cfg.trainer.precision, device, native),
@@ -244,7 +247,7 @@ def _device_type() -> str:
 def print_plan(runs: list[PlannedRun], args) -> None:
     device = _device_type()
     rates, bench = calibration(args.results)
-    todo = [r for r in runs if r.status != "completed" and r.status != "diverged"]
+    todo = [r for r in runs if r.status not in FINISHED]
     print(f"sweep {args.exp}: {len(runs)} runs, {len(runs) - len(todo)} done, {len(todo)} to train "
           f"(launcher {args.launcher}, jobs {args.jobs}, results {args.results})")
     if seeds_from_args(args):
@@ -383,8 +386,11 @@ def read_errors(path: str | None) -> dict[str, str]:
 
 def curve_lost(folder: Path, summary: dict) -> bool:
     """A completed run whose metrics.jsonl no longer reaches its last iteration: deleted, emptied or cut."""
-    done, rows = summary.get("iterations_done"), read_metrics(folder / "metrics.jsonl")
-    return not rows or (isinstance(done, int) and not any(r["iter"] == done for r in rows))
+    try:
+        points = read_metrics(folder / "metrics.jsonl")
+    except FormatError:  # written by a newer suite: not this sweep's to judge, and the report says so
+        return False
+    return lost_curve(points, summary.get("iterations_done")) is not None
 
 
 def report(runs: list[PlannedRun], errors: dict[str, str] | None = None) -> int:
@@ -395,18 +401,18 @@ def report(runs: list[PlannedRun], errors: dict[str, str] | None = None) -> int:
     unfinished, damaged, refused, elsewhere = [], [], [], 0
     for r in runs:
         s = read_json(r.folder / "summary.json") or {
-            "status": "corrupt" if (r.folder / "summary.json").exists()
-            else "partial" if (r.folder / "last.pt").exists() else "missing"}
-        status = s.get("status", "corrupt")
+            "status": CORRUPT if (r.folder / "summary.json").exists()
+            else PARTIAL if (r.folder / "last.pt").exists() else MISSING}
+        status = s.get("status", CORRUPT)
         if str(r.folder) in errors:
-            status = "error"
+            status = ERROR
             refused.append(r)
-        elif status == "missing" and locked_elsewhere(r.folder):
-            status, elsewhere = "training", elsewhere + 1
-        elif status == "completed" and curve_lost(r.folder, s):
-            status = "damaged"
+        elif status == MISSING and locked_elsewhere(r.folder):
+            status, elsewhere = TRAINING, elsewhere + 1
+        elif status == COMPLETED and curve_lost(r.folder, s):
+            status = DAMAGED
             damaged.append(r)
-        elif status not in ("completed", "diverged", "training"):
+        elif status not in (*FINISHED, TRAINING):
             unfinished.append(r)
         fmt = lambda v: f"{v:8.2f}%" if isinstance(v, (int, float)) else f"{'-':>9s}"  # noqa: E731
         wall = s.get("wall_time_s")

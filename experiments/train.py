@@ -27,16 +27,14 @@ from experiments.data import DEFAULT_AUGMENT, DataError, DeviceBatches, load_dat
 from experiments.device import RunDevice, claim_gpu, pick_device
 from experiments.faults import fault_point
 from experiments.graphs import GraphedStep
-from experiments.models import (
-    arch_kind, block_name, build_from_config, count_macs, count_params, model_name, response_layers,
+from experiments.contract import (
+    COMPLETED, DIVERGED, FAILED, FINISHED, FORMAT_VERSION, arch_kind, jsonl_line, read_json, read_metrics, run_dir,
     shortcut_name,
 )
+from experiments.models import block_name, build_from_config, count_macs, count_params, model_name, response_layers
 from experiments.probes import evaluate, gradient_norms
 from experiments.progress import Progress
-from experiments.runfiles import (
-    FORMAT_VERSION, append_metrics, atomic_torch_save, atomic_write_json, atomic_write_text,
-    WriteError, read_json, read_metrics, run_dir, to_jsonl,
-)
+from experiments.runfiles import WriteError, append_metrics, atomic_torch_save, atomic_write_json, atomic_write_text
 from experiments.schedule import RUNNING_ERR_CHECK_EVERY, LrSchedule, RunningError
 
 # Keys that change what a run computes; a resumed run must match them (the folder name
@@ -49,7 +47,6 @@ RESULT_KEYS = ("model", "optim", "schedule", "seed", "data.source", "data.split"
 # missing and not listed here is not compared at all, so growing the config never turns a finished run
 # into a "different config" (a key whose absence would change the result must be listed here).
 RESULT_KEY_DEFAULTS = {"data.augment": DEFAULT_AUGMENT}
-FINISHED = ("completed", "diverged")
 LOCK_WAIT_S = 2  # a run locked longer than this is being trained by another process: skip it
 
 
@@ -255,7 +252,7 @@ def _run_locked(cfg: DictConfig, folder: Path) -> dict:
     except (ConfigError, DataError, Interrupted, WriteError):  # not results: nothing to record
         raise
     except Exception as e:  # a crash is a result of this run, not of the sweep
-        summary = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+        summary = {"status": FAILED, "error": f"{type(e).__name__}: {e}"}
         atomic_write_json(summary_path, base_summary(cfg) | summary)
         raise
     atomic_write_json(summary_path, summary)
@@ -408,7 +405,7 @@ class Trainer:
         """Why metrics.jsonl cannot be continued from a checkpoint at `upto`, or None when it can."""
         path, every, total = self.folder / "metrics.jsonl", self.cfg.trainer.eval_every, self.cfg.schedule.iterations
         want = list(range(every, upto + 1, every)) + ([upto] if upto == total and total % every else [])
-        have = [r["iter"] for r in read_metrics(path, upto)]
+        have = [r["iter"] for r in read_metrics(path, up_to_iter=upto)]
         if have == want:
             return None
         return (f"{path} is truncated or corrupt: {len(have)} readable evaluation points up to the checkpoint "
@@ -421,8 +418,8 @@ class Trainer:
         metrics_path = self.folder / "metrics.jsonl"
         resumed = self.load()
         # Lines past the checkpoint (written after it, before a kill) are recomputed, not duplicated.
-        rows = read_metrics(metrics_path, self.iteration if resumed else -1)
-        atomic_write_text(metrics_path, "".join(to_jsonl(r) for r in rows))
+        rows = read_metrics(metrics_path, up_to_iter=self.iteration if resumed else -1)
+        atomic_write_text(metrics_path, "".join(jsonl_line(r) for r in rows))
         probe_at = self._probe_points(total)
         progress = Progress(tr.progress, total, self.iteration, self.folder, cfg.optim.batch_size)
         fixed_x, fixed_y = self.batches.fixed_train_batch(128) if tr.probes else (None, None)
@@ -497,7 +494,7 @@ class Trainer:
         scored = [r for r in rows if "test_err" in r]
         best = min(scored, key=lambda r: r["test_err"]) if scored else {}
         return base_summary(cfg) | {
-            "status": "diverged" if bad_at is not None else "completed", "diverged_at": bad_at,
+            "status": DIVERGED if bad_at is not None else COMPLETED, "diverged_at": bad_at,
             "data_source": self.data.source, "augment": self.batches.augment, "data_split": self.data.split, "eval_split": self.data.eval_split,
             "train_size": self.batches.train_size, "eval_size": len(self.data.eval_labels),
             "params": self.params, "macs": self.macs, "batch_size": cfg.optim.batch_size, "lr": cfg.optim.lr,
@@ -572,7 +569,7 @@ def main(cfg: DictConfig) -> dict | None:
         print(f"error: {e}", file=sys.stderr)
         if in_sweep:  # the other runs go on; `make sweep` names this one at the end and exits 2
             tell_sweep(cfg, str(e))
-            return {"status": "failed", "error": str(e)}
+            return {"status": FAILED, "error": str(e)}
         sys.exit(2)
     except Interrupted as e:
         print(f"interrupted: {e}", file=sys.stderr)
@@ -583,7 +580,7 @@ def main(cfg: DictConfig) -> dict | None:
     except Exception as e:
         print(f"error: run {folder_of(cfg)} failed: {type(e).__name__}: {e}", file=sys.stderr)
         if in_sweep:
-            return {"status": "failed", "error": str(e)}
+            return {"status": FAILED, "error": str(e)}
         raise
     print(f"{folder_of(cfg)}: {summary.get('status')}"
           + (f", final train/test error {summary['final_train_err']:.2f}% / {summary['final_test_err']:.2f}%"

@@ -407,11 +407,11 @@ def test_a_newer_format_version_stops_with_the_file_named(tmp_path, capsys, wher
         lines = path.read_text().splitlines()
         lines[1] = lines[1].replace('"format_version": 1', '"format_version": 2')
         path.write_text("\n".join(lines) + "\n")
-        expected = f"{path}: line 2 has format_version 2, newer than this analysis reads (1)"
+        expected = f"{path}: line 2 has format_version 2, newer than this suite reads (1)"
     else:
         path = run / "summary.json"
         path.write_text(path.read_text().replace('"format_version": 1', '"format_version": 2'))
-        expected = f"{path} has format_version 2, newer than this analysis reads (1)"
+        expected = f"{path} has format_version 2, newer than this suite reads (1)"
     with pytest.raises(ResultsError, match=re.escape(expected)):
         collect(tmp_path)
     before = _tree(tmp_path)

@@ -99,7 +99,7 @@ CASES = [
      "JOBS=999 must be between 1 and"),
     # -- analysis
     ("report-no-runs", "report --results {results}/quick", "no runs under"),
-    ("report-future-format", "report --results {future}", "has format_version 2, newer than this analysis reads"),
+    ("report-future-format", "report --results {future}", "has format_version 2, newer than this suite reads"),
     ("make-report-no-runs", "make report EXP=nope RESULTS={results}", "no runs under"),
 ]
 SUBPROCESS = {"depth-21", "model-group-unknown", "key-typo", "data-wrong-class-names", "results-below-a-file",

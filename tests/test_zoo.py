@@ -16,11 +16,11 @@ from analysis.collect import collect
 from experiments import sweep
 from experiments import train as train_mod
 from experiments.checks import ConfigError, check_config
+from experiments.contract import arch_kind, run_name
 from experiments.models import (
-    ZOO, PreActBlock, PreActCifarNet, arch_kind, build_from_config, build_model, conv_layers, count_params,
-    response_layers, zoo_depth,
+    ZOO, PreActBlock, PreActCifarNet, build_from_config, build_model, conv_layers, count_params, response_layers,
+    zoo_depth,
 )
-from experiments.runfiles import run_name
 from helpers import REPO, run_folder, summary, tiny_cfg
 from test_analysis import write_run
 
