@@ -498,7 +498,7 @@ class Trainer:
         best = min(scored, key=lambda r: r["test_err"]) if scored else {}
         return base_summary(cfg) | {
             "status": "diverged" if bad_at is not None else "completed", "diverged_at": bad_at,
-            "data_source": self.data.source, "augment": self.batches.augment, "data_split": self.data.split, "eval_split": self.data.eval_split,
+            "data_source": self.data.source, "augment": self.batches.augment, "data_split": self.data.split, "eval_split": self.data.split,
             "train_size": self.batches.train_size, "eval_size": len(self.data.eval_labels),
             "params": self.params, "macs": self.macs, "batch_size": cfg.optim.batch_size, "lr": cfg.optim.lr,
             "milestones": list(self.schedule.milestones), "gamma": self.schedule.gamma,
