@@ -525,7 +525,7 @@ def test_a_run_locked_by_another_process_is_skipped_and_reported_as_such(tmp_pat
         err = capsys.readouterr().err
         assert f"skipped {folder}: another process is training this run right now" in err
         assert not (folder / "metrics.jsonl").exists()
-        planned = [sweep_mod.PlannedRun([], folder, "to do", 30, 960, 1, "fp32", {})]
+        planned = [sweep_mod.PlannedRun([], folder, "to do", 30, 960, 1, "fp32", {}, "cpu")]
         assert sweep_mod.report(planned) == 0
         out, err = capsys.readouterr()
         assert re.search(r"seed=0\s+training", out)
@@ -788,7 +788,8 @@ def test_the_sweeps_final_table_reads_a_read_only_results_folder(done_sweep, mon
         if str(path).startswith(str(done_sweep)) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
             raise OSError(errno.EROFS, "Read-only file system", str(path))
         return real_open(path, flags, *args, **kwargs)
-    planned = [sweep_mod.PlannedRun([], run_folder(done_sweep, name, exp="smoke"), "to do", 40, 1280, 1, "fp32", {})
+    planned = [sweep_mod.PlannedRun([], run_folder(done_sweep, name, exp="smoke"), "to do", 40, 1280, 1, "fp32", {},
+                                    "cpu")
                for name in SMOKE_RUNS]
     for run in planned:
         (run.folder / ".lock").touch()  # what every trained run leaves
