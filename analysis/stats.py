@@ -1,7 +1,7 @@
 """Paired-seed comparisons: the difference between two networks, seed by seed, with its spread.
 
 Two runs with the same seed see the same batches in the same order with the same augmentation
-(experiments/data.py draws them from the seed and the iteration), so the difference of their
+(experiments/data/batches.py draws them from the seed and the iteration), so the difference of their
 final errors is a paired measurement: seed-to-seed noise that hits both nets alike cancels.
 The 95 % interval is Student's t on the paired differences; with 2 or 3 seeds it is wide, and
 the report says so instead of hiding it.

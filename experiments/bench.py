@@ -35,10 +35,11 @@ from torchvision import transforms as T
 
 from experiments.data import channel_stats
 from experiments import CONF
-from experiments.device import available_cores, cpu_name, native_bf16
+from experiments.device import available_cores, cpu_name, native_bf16, resolve_device
 from experiments.models import blocks_per_stage, build_model
 from experiments.runfiles import atomic_write_json
-from experiments.train import Trainer, git_commit
+from experiments.train import git_commit
+from experiments.trainer import SYNC_EVERY, Trainer
 
 BATCH = 128          # the paper's mini-batch (Sec. 4.2)
 WINDOW_S = 2.0       # --iters auto: aim each timed window at about this long
@@ -60,7 +61,7 @@ def make_trainer(arch: str, depth: int, precision: str, device: str, threads: in
 
 class Suite:
     """Trainer.fit's own loop body (`Trainer.train_iteration`) minus evaluation points and
-    checkpoints, with fit's sync every 50 iterations; the ResNet-110 warm-up is left out."""
+    checkpoints, with fit's sync every SYNC_EVERY iterations; the ResNet-110 warm-up is left out."""
 
     def __init__(self, tr: Trainer):
         self.tr = tr
@@ -68,7 +69,7 @@ class Suite:
     def steps(self, n: int) -> None:
         for _ in range(n):
             self.tr.train_iteration(warming=False)
-            if self.tr.iteration % 50 == 0:
+            if self.tr.iteration % SYNC_EVERY == 0:
                 self.tr.first_nonfinite()
 
 
@@ -269,9 +270,8 @@ def parse_args(argv=None):
         p.error(f"unknown precision {bad[0]!r}; choose fp32 and/or bf16")
     if min(args.repeats, args.warmup, args.threads) < 1 or args.iters < 0 or args.workers < 0:
         p.error("--repeats, --warmup and --threads must be >= 1; --iters and --workers >= 0")
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     try:
+        args.device = str(resolve_device(args.device))  # auto: as a run's trainer.device=auto picks
         kind = torch.device(args.device).type
     except RuntimeError:
         p.error(f"--device {args.device!r} is not a device; use auto, cpu, cuda, cuda:N or mps")

@@ -1,5 +1,12 @@
 """Checks of a run's config that run before anything is created: a bad override ends with one
-clear line (what is wrong, how to fix it) and no folder on disk."""
+clear line (what is wrong, how to fix it) and no folder on disk.
+
+`check_config` is the one entry, used by the run (train.run) and by the sweep planner for every run it
+plans. The rules of the data and model groups live next to the code that gives those keys their meaning
+(data.validate_data_config, models.build_model) and are called from here; `auto` resolves in one place,
+device.resolve_trainer. sweep.parse_args checks only the sweep's own command line (EXP, SEEDS,
+LAUNCHER, JOBS), never a run's config.
+"""
 from __future__ import annotations
 
 import math
@@ -9,7 +16,7 @@ from pathlib import Path
 import torch
 
 from experiments.data import DataError, validate_data_config
-from experiments.device import detect_device_type
+from experiments.device import PRECISIONS, resolve_device
 from experiments.models import build_from_config
 
 
@@ -71,20 +78,21 @@ def check_trainer(trainer) -> None:
     _positive_int(trainer.eval_every, "trainer.eval_every")
     _positive_int(trainer.ckpt_every, "trainer.ckpt_every")
     _positive_int(trainer.eval_batch_size, "trainer.eval_batch_size")
-    if trainer.precision not in ("auto", "fast", "fp32", "bf16"):
+    if trainer.precision not in PRECISIONS:
         raise ConfigError(f"trainer.precision must be auto, fast, fp32 or bf16, got {trainer.precision!r}")
     if trainer.threads != "auto":
         _positive_int(trainer.threads, "trainer.threads")
     for key in ("compile", "cuda_graphs"):
         if not isinstance(trainer.get(key, False), bool):
             raise ConfigError(f"trainer.{key} must be true or false, got {trainer.get(key)!r}")
+    if trainer.channels_last not in ("auto", True, False):
+        raise ConfigError(f"trainer.channels_last must be auto, true or false, got {trainer.channels_last!r}")
     dev = str(trainer.device)
-    kind = detect_device_type() if dev == "auto" else None  # device_count via NVML: the sweep planner must not start CUDA
+    try:
+        kind = resolve_device(dev).type  # GPUs counted via NVML: the sweep planner must not start CUDA
+    except RuntimeError:
+        raise ConfigError(f"trainer.device {dev!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
     if dev != "auto":
-        try:
-            kind = torch.device(dev).type
-        except RuntimeError:
-            raise ConfigError(f"trainer.device {dev!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
         if kind == "cuda" and torch.cuda.device_count() == 0:
             raise ConfigError(f"trainer.device={dev} but no CUDA GPU is visible; use trainer.device=auto or cpu")
         if kind == "mps" and not torch.backends.mps.is_available():

@@ -165,20 +165,42 @@ class RunDevice:
                 "threads": self.threads, "compiled": self.compile, "cuda_graphs": self.cuda_graphs}
 
 
-def pick_device(trainer, recorded_precision: str | None = None) -> RunDevice:
-    """`trainer.device=auto` picks cuda, then mps, then cpu; precision and layout follow the device.
-    `recorded_precision`: what a run being resumed computed in so far; `auto`/`fast` keep it, so a run
-    resumed on another kind of device cannot switch precision halfway (the switch is printed)."""
-    name = detect_device_type() if trainer.device == "auto" else str(trainer.device)
-    device = torch.device(name)
-    if trainer.get("cuda_graphs", False) and device.type != "cuda":
-        from experiments.checks import ConfigError
-        raise ConfigError(f"trainer.cuda_graphs=true needs a CUDA GPU, and this run is on {device.type}; "
-                          f"set trainer.cuda_graphs=false")
+# -- `auto` resolved: the one place, for the run, the config checks and the sweep planner ---------------------
+def resolve_device(setting) -> torch.device:
+    """trainer.device: `auto` is cuda, then mps, then cpu; GPUs are counted through NVML (no CUDA context).
+    Raises RuntimeError for a string that names no device."""
+    return torch.device(detect_device_type() if setting == "auto" else str(setting))
+
+
+@dataclass(frozen=True)
+class ResolvedTrainer:
+    """trainer.device / precision / threads / channels_last as they resolve on this machine."""
+    device: torch.device
+    precision: str          # fp32 | bf16
+    native_bf16: bool
+    threads: int
+    channels_last: bool
+
+
+def resolve_trainer(trainer, planning: bool = False) -> ResolvedTrainer:
+    """What `auto` (and precision `fast`) resolve to here. The run asks the chosen GPU itself whether it has
+    native bf16 (which starts CUDA); `planning=True` (the sweep planner, which must leave CUDA alone) asks
+    NVML about every GPU instead."""
+    device = resolve_device(trainer.device)
+    native = planned_native_bf16(device.type) if planning else native_bf16(device)
     threads = available_cores() if trainer.threads == "auto" else int(trainer.threads)
-    torch.set_num_threads(threads)
-    native = native_bf16(device)
-    precision = resolve_precision(trainer.precision, device.type, native)
+    channels_last = device.type in ("cuda", "cpu") if trainer.channels_last == "auto" else bool(trainer.channels_last)
+    return ResolvedTrainer(device, resolve_precision(trainer.precision, device.type, native), native, threads,
+                           channels_last)
+
+
+def pick_device(trainer, recorded_precision: str | None = None) -> RunDevice:
+    """The run's device (resolve_trainer), with its threads set. `recorded_precision`: what a run being
+    resumed computed in so far; `auto`/`fast` keep it, so a run resumed on another kind of device cannot
+    switch precision halfway (the switch is printed). Only the run's own process calls this: it starts CUDA."""
+    resolved = resolve_trainer(trainer)
+    device, native, precision = resolved.device, resolved.native_bf16, resolved.precision
+    torch.set_num_threads(resolved.threads)
     note = None
     if recorded_precision in ("fp32", "bf16") and trainer.precision in ("auto", "fast") \
             and recorded_precision != precision:
@@ -192,10 +214,9 @@ def pick_device(trainer, recorded_precision: str | None = None) -> RunDevice:
                 f"(compute capability {major}.{minor}) has no native bf16")
     elif precision == "bf16" and not native:
         note = f"trainer.precision=bf16 on a {device.type} without native bf16: emulated, likely slower than fp32"
-    channels_last = device.type in ("cuda", "cpu") if trainer.channels_last == "auto" else bool(trainer.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
-    return RunDevice(device, precision, channels_last, bool(trainer.compile), threads,
+    return RunDevice(device, precision, resolved.channels_last, bool(trainer.compile), resolved.threads,
                      bool(trainer.get("cuda_graphs", False)), note)
 
 

@@ -178,7 +178,7 @@ def sync_audit(ctx) -> dict:
             out[name] = {"ok": False, "at_step": tr.iteration - start, "error": str(e).splitlines()[0], "where": where}
         finally:
             torch.cuda.set_sync_debug_mode(0)
-        tr.first_nonfinite()  # fit's planned sync, every 50 steps
+        tr.first_nonfinite()  # fit's planned sync, every trainer.SYNC_EVERY steps
     tr = _trainer(ctx, 56)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

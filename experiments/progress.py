@@ -26,8 +26,8 @@ class Progress:
         eta = "?" if done <= 0 else _clock((self.total - iteration) * (now - self.t0) / done)
         return f"iter {iteration} / {self.total} ({100 * iteration // max(self.total, 1)}%), ETA {eta}"
 
-    def update(self, iteration: int, lr: float, acc: dict) -> None:
-        err = 100.0 * float(acc["wrong"]) / max(acc["seen"], 1)
+    def update(self, iteration: int, lr: float, err: float) -> None:
+        """Between evaluation points: `err` is the running training error (%) since the last one."""
         if self.bar is None:
             if time.perf_counter() - self.last_line >= LOG_EVERY_S:
                 self._log(f"{self.name} training, {self.where(iteration)}, lr {lr:.3g}, running train_err {err:.1f}%")
@@ -51,6 +51,12 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
 
 
 def _clock(seconds: float) -> str:

@@ -2,13 +2,12 @@
 
 The sweep itself is Hydra's: this wrapper expands the experiment's `hydra.sweeper.params` the way
 Hydra's basic sweeper does (to print the plan with each run's status and cost), then launches
-`python -m experiments.train --multirun experiment=<exp> ...` with the chosen launcher.
+`python -m experiments.train --multirun experiment=<exp> ...` with the chosen launcher. What it
+prints about the runs (plan, estimates, final table) is experiments/sweep_status.py.
 """
 from __future__ import annotations
 
 import argparse
-import errno
-import fcntl
 import json
 import os
 import signal
@@ -31,25 +30,14 @@ from omegaconf import OmegaConf
 from experiments.checks import ConfigError, check_config
 from experiments import CONF
 from experiments.data import DataError, DataUnavailable, prepare_source
-from experiments.device import (
-    available_cores, cpu_name, detect_device_type, nvml_gpu_name, planned_native_bf16, resolve_precision,
-)
+from experiments.device import available_cores, resolve_trainer
 from experiments.models import build_from_config, count_macs
-from experiments.contract import (
-    COMPLETED, CORRUPT, DAMAGED, FINISHED, FORMAT_VERSION, MISSING, FormatError, lost_curve, read_json, read_metrics,
-)
+from experiments.contract import FORMAT_VERSION
 from experiments.runfiles import WriteError, atomic_write_json, atomic_write_text, hydra_quote
+from experiments.sweep_status import planned_status, print_plan, report
 from experiments.train import SWEEP_ERRORS_ENV, folder_of
 
-SOURCE_TREE = Path(__file__).resolve().parents[1]  # the checkout this package runs from (if any)
 LAUNCHERS = ("basic", "joblib", "slurm", "local")  # Hydra launcher configs: built-in basic, joblib, conf/hydra/launcher/*
-# Training images/s per GMAC of forward work, measured on this project's machines; used only when
-# no benchmark of a matching device is found (see `make bench` and bench_files).
-# (ResNet-56 at 0.125 GMAC: ~450 img/s bf16 on 2 EPYC cores; the H100 target is 25k img/s.)
-FALLBACK_GMAC_IMAGES_PER_S = {"cpu": 450 * 0.125, "cuda": 25_000 * 0.125}
-# What the sweep calls a run that is not finished (beside the contract's statuses): not begun, begun
-# (a checkpoint to resume), being trained by another process now, stopped on an error the user must fix.
-TO_DO, PARTIAL, TRAINING, ERROR = "to do", "partial", "training", "error"
 
 
 class SweepError(Exception):
@@ -66,6 +54,7 @@ class PlannedRun:
     macs: int
     precision: str  # what the run will compute in on this machine (for the time estimate)
     data: dict      # the run's data node, checked once per distinct source before any run starts
+    device: str     # the device type it will train on here: cuda, mps or cpu
 
 
 def experiments() -> list[str]:
@@ -168,8 +157,6 @@ def plan(args) -> list[PlannedRun]:
 
 def _plan(args) -> list[PlannedRun]:
     runs = []
-    device = _device_type()
-    native = planned_native_bf16(device)
     with initialize_config_dir(str(CONF), version_base="1.3"):
         jobs = expand(args)
         print(f"planning {len(jobs)} runs of {args.exp}: composing and checking each config, counting each "
@@ -181,13 +168,10 @@ def _plan(args) -> list[PlannedRun]:
             except ConfigError as e:
                 raise SweepError(f"run {cfg.model.arch}-{cfg.model.depth} seed={cfg.seed}: {e}") from None
             m, folder = cfg.model, folder_of(cfg)
-            summary = read_json(folder / "summary.json")
-            status = summary["status"] if isinstance(summary, dict) and summary.get("status") in FINISHED else (
-                TRAINING if locked_elsewhere(folder) else PARTIAL if (folder / "last.pt").exists() else TO_DO)
-            runs.append(PlannedRun(overrides, folder, status, cfg.schedule.iterations,
-                                   cfg.schedule.iterations * cfg.optim.batch_size, _macs(m),
-                                   resolve_precision(cfg.trainer.precision, device, native),
-                                   OmegaConf.to_container(cfg.data, resolve=True)))
+            where = resolve_trainer(cfg.trainer, planning=True)
+            runs.append(PlannedRun(overrides, folder, planned_status(folder), cfg.schedule.iterations,
+                                   cfg.schedule.iterations * cfg.optim.batch_size, _macs(m), where.precision,
+                                   OmegaConf.to_container(cfg.data, resolve=True), where.device.type))
     return runs
 
 
@@ -200,74 +184,6 @@ def _macs(m) -> int:
         with torch.device("meta"):
             _MAC_CACHE[key] = count_macs(build_from_config(m))
     return _MAC_CACHE[key]
-
-
-def bench_files(results: str) -> list[Path]:
-    """Benchmarks to calibrate time estimates, best first: this results folder's `make bench`
-    (<results>/bench/latest.json), then committed ones (results/reference/bench/*.json) beside it and in
-    the suite's source tree."""
-    found = [Path(results) / "bench" / "latest.json", *sorted((Path(results) / "reference" / "bench").glob("*.json")),
-             *sorted((SOURCE_TREE / "results" / "reference" / "bench").glob("*.json"))]
-    return list(dict.fromkeys(p.resolve() for p in found if p.is_file()))
-
-
-def this_device() -> dict:
-    """What a benchmark must have run on to calibrate this machine: device type, name, CPU threads."""
-    if detect_device_type() == "cuda":  # named through NVML: the planner never starts CUDA (issue 17)
-        return {"device": "cuda", "device_name": nvml_gpu_name()}
-    return {"device": "cpu", "device_name": cpu_name(), "threads": available_cores()}
-
-
-def calibration(results: str) -> tuple[dict, Path | None]:
-    """{precision: training GMAC x images/s} from the first benchmark of a matching device, and its file."""
-    here = this_device()
-    for path in bench_files(results):
-        bench = read_json(path) or {}
-        if any(bench.get(k) != v for k, v in here.items()):
-            continue
-        rates: dict[str, list[float]] = {}
-        for r in bench.get("rows", []):
-            if r.get("device") == here["device"] and r.get("suite_images_per_s") and r.get("macs"):
-                rates.setdefault(r["precision"], []).append(r["suite_images_per_s"] * r["macs"] / 1e9)
-        if rates:  # images/s x GMAC of the benchmarked models at each precision, averaged
-            return {p: sum(v) / len(v) for p, v in rates.items()}, path
-    return {}, None
-
-
-def estimate_seconds(run: PlannedRun, device: str, rates: dict) -> float:
-    rate = rates.get(run.precision, FALLBACK_GMAC_IMAGES_PER_S[device])
-    return run.images * run.macs / 1e9 / rate
-
-
-def _device_type() -> str:
-    """cuda or cpu (the estimates know these two), without starting CUDA."""
-    return "cuda" if detect_device_type() == "cuda" else "cpu"
-
-
-def print_plan(runs: list[PlannedRun], args) -> None:
-    device = _device_type()
-    rates, bench = calibration(args.results)
-    todo = [r for r in runs if r.status not in FINISHED]
-    print(f"sweep {args.exp}: {len(runs)} runs, {len(runs) - len(todo)} done, {len(todo)} to train "
-          f"(launcher {args.launcher}, jobs {args.jobs}, results {args.results})")
-    if seeds_from_args(args):
-        print(f"seeds from ARGS ({seeds_from_args(args)}) replace SEEDS={args.seeds}")
-    total = 0.0
-    for r in runs:
-        secs = estimate_seconds(r, device, rates) if r in todo else 0.0
-        total += secs
-        print(f"  {r.status:8s} {r.folder}  {r.iterations} it, {r.macs * r.images * 3 / 1e15:7.2f} PMAC"
-              + (f", {duration(secs)}" if secs else ""))
-    print(f"estimated time on {device} (one job at a time): {duration(total)}"
-          + (f" (calibrated by {_shown(bench)})" if bench else " (rough: no benchmark of this device; run `make bench`)"))
-
-
-def _shown(path: Path) -> str:
-    return str(path.relative_to(Path.cwd().resolve())) if path.is_relative_to(Path.cwd().resolve()) else str(path)
-
-
-def duration(seconds: float) -> str:
-    return f"~{seconds / 60:.0f} min" if seconds < 5400 else f"~{seconds / 3600:.1f} h"
 
 
 def write_plan(runs: list[PlannedRun], args) -> None:
@@ -329,24 +245,6 @@ def repair_multirun_yaml(path: Path, text: str) -> None:
             path.unlink(missing_ok=True)  # better no file than half of one
 
 
-def locked_elsewhere(folder: Path) -> bool:
-    """True while another process holds the run's lock, i.e. is training it right now. The probe holds
-    the lock for microseconds; a trainer arriving meanwhile waits for it (train.LOCK_WAIT_S). It opens
-    the lock file read-only (flock works on any open file; filelock takes the same flock), so a
-    read-only results folder can still be looked at."""
-    try:
-        fd = os.open(folder / ".lock", os.O_RDONLY)
-    except OSError:  # no lock file: never create one (or folders) just to look
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        return e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
-    finally:
-        os.close(fd)  # closing releases our probe lock
-    return False
-
-
 def launch(args, errors_file: str | None = None) -> int:
     cmd = [sys.executable, "-m", "experiments.train", "--multirun", *base_overrides(args)]
     print("$ " + " ".join(cmd), flush=True)
@@ -384,60 +282,6 @@ def read_errors(path: str | None) -> dict[str, str]:
     return errors
 
 
-def curve_lost(folder: Path, summary: dict) -> bool:
-    """A completed run whose metrics.jsonl no longer reaches its last iteration: deleted, emptied or cut."""
-    try:
-        points = read_metrics(folder / "metrics.jsonl")
-    except FormatError:  # written by a newer suite: not this sweep's to judge, and the report says so
-        return False
-    return lost_curve(points, summary.get("iterations_done")) is not None
-
-
-def report(runs: list[PlannedRun], errors: dict[str, str] | None = None) -> int:
-    """The final table; the exit status: 2 when a run stopped on an error the user must fix,
-    1 when runs are unfinished or damaged, 0 otherwise."""
-    errors = errors or {}
-    print(f"\n{'run':44s} {'status':10s} {'train err':>9s} {'test err':>9s} {'time':>8s}")
-    unfinished, damaged, refused, elsewhere = [], [], [], 0
-    for r in runs:
-        s = read_json(r.folder / "summary.json") or {
-            "status": CORRUPT if (r.folder / "summary.json").exists()
-            else PARTIAL if (r.folder / "last.pt").exists() else MISSING}
-        status = s.get("status", CORRUPT)
-        if str(r.folder) in errors:
-            status = ERROR
-            refused.append(r)
-        elif status == MISSING and locked_elsewhere(r.folder):
-            status, elsewhere = TRAINING, elsewhere + 1
-        elif status == COMPLETED and curve_lost(r.folder, s):
-            status = DAMAGED
-            damaged.append(r)
-        elif status not in (*FINISHED, TRAINING):
-            unfinished.append(r)
-        fmt = lambda v: f"{v:8.2f}%" if isinstance(v, (int, float)) else f"{'-':>9s}"  # noqa: E731
-        wall = s.get("wall_time_s")
-        print(f"{str(r.folder):44s} {status:10s} {fmt(s.get('final_train_err'))} {fmt(s.get('final_test_err'))} "
-              f"{(f'{wall / 60:6.1f}m' if wall else '-'):>8s}")
-    if elsewhere:  # e.g. two sweeps started on one results folder: each run is trained once, by one of them
-        print(f"{elsewhere} run(s) are being trained by another process right now; rerun the same command "
-              f"after it finishes to see their results", file=sys.stderr)
-    if damaged:  # the numbers survive in summary.json, the curve cannot be recomputed from a checkpoint
-        print(f"{len(damaged)} completed run(s) lost their curve (metrics.jsonl missing, empty or cut short): "
-              f"{', '.join(str(r.folder) for r in damaged)}; the report lists them as damaged and leaves them out; "
-              f"to retrain them, delete those folders and rerun the same command", file=sys.stderr)
-    if unfinished:
-        print(f"{len(unfinished)} run(s) did not complete; rerun the same command to resume them", file=sys.stderr)
-    planned = {str(r.folder) for r in runs}
-    unplanned = [(run, error) for run, error in errors.items() if run not in planned]
-    for run, error in [(str(r.folder), errors[str(r.folder)]) for r in refused] + unplanned:
-        print(f"error: {run}: {error}", file=sys.stderr)  # rerunning cannot help: something must change first
-    if refused or unplanned:
-        print(f"{len(refused) + len(unplanned)} run(s) stopped on the error(s) above; fix them, then rerun the "
-              f"same command", file=sys.stderr)
-        return 2
-    return 1 if unfinished or damaged else 0
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--exp", default="quick")
@@ -467,7 +311,7 @@ def main(argv=None) -> int:
     try:
         args = parse_args(argv)
         runs = plan(args)
-        print_plan(runs, args)
+        print_plan(runs, args, seeds_from_args(args))
         if args.dry_run:
             return 0
         check_data(runs)

@@ -14,7 +14,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from experiments import bench
-from experiments.data import augment
+from experiments.data import augment_batch
 
 ROW_KEYS = {"model", "arch", "depth", "macs", "precision", "device", "suite_images_per_s",
             "conventional_images_per_s", "bound_images_per_s", "ratio", "overhead", "peak_mem_mb"}
@@ -76,7 +76,7 @@ def _counts(draws: list[tuple[int, int, bool]]) -> np.ndarray:
 def test_suite_augmentation_draws_like_torchvision():
     rows, cols = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
     pattern = torch.stack([rows + 1, cols + 1, torch.zeros_like(rows)])          # (3, 32, 32)
-    suite = augment(pattern.float().expand(DRAWS, -1, -1, -1), torch.Generator().manual_seed(0))
+    suite = augment_batch(pattern.float().expand(DRAWS, -1, -1, -1), torch.Generator().manual_seed(0))
     suite_draws = [_decode(img) for img in suite]
     torch.manual_seed(0)  # torchvision draws from the global generator
     tv = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.PILToTensor()])

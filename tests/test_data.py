@@ -8,6 +8,7 @@ import sys
 import tarfile
 import time
 import urllib.error
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from PIL import Image
 from torchvision.datasets import CIFAR10
 
 from experiments import data as D
+from experiments.data import sources
+from experiments.data.dataset import split_indices
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_TARBALL = Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg.tar.gz"
@@ -103,7 +106,7 @@ def test_official_folder_and_tarball_load_identical_tensors(tmp_path, official, 
         assert d.train_images.dtype == torch.uint8 and d.train_labels.dtype == torch.int64
         assert torch.equal(d.train_images, torch.from_numpy(train[0])) and d.train_labels.tolist() == train[1].tolist()
         assert torch.equal(d.eval_images, torch.from_numpy(test[0])) and d.eval_labels.tolist() == test[1].tolist()
-        assert d.eval_split == "test" and os.path.exists(d.cache_path)
+        assert d.split == "test" and os.path.exists(d.cache_path)
     assert len({d.cache_path for d in loads}) == 3  # keyed by source and fingerprint
 
 
@@ -242,7 +245,7 @@ def test_val_split_is_stratified_deterministic_and_never_loads_test(tmp_path, fo
         f.unlink()  # had the test split been loaded, this would be an error
     c = cfg(tmp_path, source="cifar10_folder", root=str(root), split="val")
     a, b = D.load_data(c), D.load_data(c)
-    assert a.eval_split == "val" and len(a.cache_files) == 1
+    assert a.split == "val" and len(a.cache_files) == 1
     assert torch.bincount(a.eval_labels).tolist() == [TRAIN_PER_CLASS // 10] * 10  # 10% per class (500 of 5k)
     assert torch.bincount(a.train_labels).tolist() == [TRAIN_PER_CLASS * 9 // 10] * 10
     assert torch.equal(a.eval_images, b.eval_images) and torch.equal(a.train_images, b.train_images)
@@ -256,24 +259,24 @@ def test_val_split_is_stratified_deterministic_and_never_loads_test(tmp_path, fo
 
 def test_train_subset_is_stratified_nested_and_bounded(tmp_path):
     labels = torch.arange(1000) % 10
-    small, _ = D._select(labels, "test", 100)
-    large, _ = D._select(labels, "test", 300)
+    small, _ = split_indices(labels, "test", 100)
+    large, _ = split_indices(labels, "test", 300)
     assert torch.bincount(labels[small]).tolist() == [10] * 10
     assert set(small.tolist()) <= set(large.tolist())
     with pytest.raises(D.DataError, match="exceeds the 900 training images"):
-        D._select(labels, "val", 901)
+        split_indices(labels, "val", 901)
 
 
 def test_cache_is_hit_and_a_corrupt_cache_is_rebuilt(tmp_path, official, monkeypatch, capsys):
     first = D.load_data(cfg(tmp_path))
-    real_decode = D._decode_official
+    real_decode = sources._decode_official
 
     def must_not_decode(*args):
         raise AssertionError("decoded again instead of reading the cache")
-    monkeypatch.setattr(D, "_decode_official", must_not_decode)
+    monkeypatch.setattr(sources, "_decode_official", must_not_decode)
     second = D.load_data(cfg(tmp_path))
     assert torch.equal(first.train_images, second.train_images) and first.cache_files == second.cache_files
-    monkeypatch.setattr(D, "_decode_official", real_decode)
+    monkeypatch.setattr(sources, "_decode_official", real_decode)
     for damage in ("truncate", "flip_byte"):
         raw = bytearray(Path(first.cache_path).read_bytes())
         if damage == "truncate":
@@ -288,14 +291,36 @@ def test_cache_is_hit_and_a_corrupt_cache_is_rebuilt(tmp_path, official, monkeyp
         assert torch.equal(rebuilt.train_images, first.train_images)
 
 
+def test_a_cache_file_in_the_established_format_is_read_not_rebuilt(tmp_path, folder, monkeypatch):
+    """The cache's file names and content are a format: caches written by earlier versions keep being used.
+    Files written by hand under the names the key formula gives, holding images the folder does not
+    have, are what load_data returns, and nothing is decoded."""
+    tarball = tmp_path / "copy.tar"
+    with tarfile.open(tarball, "w") as tf:
+        tf.add(folder[0], arcname="pngs")
+    fingerprint = hashlib.sha256(tarball.read_bytes()).hexdigest()
+    (tmp_path / "cache").mkdir()
+    planted = []
+    for split, n in (("train", 30), ("test", 10)):
+        key = hashlib.sha256(f"v1|cifar10_folder|{split}|{fingerprint}".encode()).hexdigest()
+        images, labels = torch.full((n, 32, 32, 3), 7, dtype=torch.uint8), torch.arange(n) % 10
+        digest = zlib.crc32(labels.numpy().tobytes(), zlib.crc32(images.numpy().tobytes()))
+        planted.append(str(tmp_path / "cache" / f"cifar10_folder-{split}-{key[:16]}.pt"))
+        torch.save({"key": key, "images": images, "labels": labels, "digest": digest}, planted[-1])
+    monkeypatch.setattr(sources, "_decode_folder", lambda *args: pytest.fail("decoded instead of reading the cache"))
+    d = D.load_data(cfg(tmp_path, source="cifar10_folder", root=str(tarball)))
+    assert d.cache_files == tuple(planted) and d.cache_path == planted[0]
+    assert (len(d.train_images), len(d.eval_images)) == (30, 10) and (d.train_images == 7).all()
+
+
 def test_concurrent_first_runs_decode_once_and_share_the_cache(tmp_path, folder, monkeypatch):
-    real_decode, calls = D._decode_folder, []
+    real_decode, calls = sources._decode_folder, []
 
     def slow_decode(root, split):
         calls.append(split)
         time.sleep(0.3)  # long enough for the other run to arrive while this one holds the lock
         return real_decode(root, split)
-    monkeypatch.setattr(D, "_decode_folder", slow_decode)
+    monkeypatch.setattr(sources, "_decode_folder", slow_decode)
     c = cfg(tmp_path, source="cifar10_folder", root=str(folder[0]))
     with ThreadPoolExecutor(2) as pool:
         a, b = pool.map(lambda _: D.load_data(c), range(2))
@@ -308,7 +333,7 @@ def test_concurrent_first_runs_decode_once_and_share_the_cache(tmp_path, folder,
 def test_crop_offsets_cover_minus4_to_4_uniformly_and_flip_half_the_time():
     n = 9000
     pos = torch.stack(torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")) + 1  # (2, 32, 32)
-    out = D.augment(pos.expand(n, 2, 32, 32), torch.Generator().manual_seed(0))
+    out = D.augment_batch(pos.expand(n, 2, 32, 32), torch.Generator().manual_seed(0))
     flipped = out[:, 1, 16, 17] < out[:, 1, 16, 16]
     dy = out[:, 0, 16, 16] - 17
     dx = out[:, 1, 16, 16] - torch.where(flipped, 16.0, 17.0)
@@ -324,10 +349,11 @@ def test_augment_modes_draw_the_papers_numbers_and_keep_their_half():
     g = gen()  # the paper's default: the draws of the original pad-crop-flip, bit for bit
     dy, dx = (torch.randint(-4, 5, (64,), generator=g) for _ in range(2))
     flip = torch.randint(0, 2, (64,), generator=g).bool()
-    assert torch.equal(D.augment(x, gen()), D.crop_flip(x, dy, dx, flip))
-    assert torch.equal(D.augment(x, gen(), mode="crop"), D.crop_flip(x, dy, dx, torch.zeros_like(flip)))
-    flipped = D.augment(x, gen(), mode="flip")
+    assert torch.equal(D.augment_batch(x, gen()), D.crop_flip(x, dy, dx, flip))
+    assert torch.equal(D.augment_batch(x, gen(), mode="crop"), D.crop_flip(x, dy, dx, torch.zeros_like(flip)))
+    flipped = D.augment_batch(x, gen(), mode="flip")
     assert torch.equal(flipped, torch.where(flip[:, None, None, None], x.flip(-1), x))
+    assert torch.equal(D.augment_batch(x, gen(), mode="none"), x)
 
 
 def test_data_augment_none_trains_on_the_original_views_and_bad_values_are_refused():

@@ -29,11 +29,14 @@ from filelock import FileLock
 from hydra import compose, initialize_config_dir
 
 from analysis import report as report_mod
+from experiments import resume_guard
 from experiments import sweep as sweep_mod
 from experiments import train as train_mod
+from experiments import trainer as trainer_mod
 from experiments.checks import ConfigError
-from experiments.runfiles import WriteError, read_json
-from experiments.train import Interrupted
+from experiments.contract import read_json
+from experiments.runfiles import WriteError
+from experiments.stopping import Interrupted
 from helpers import REPO, TINY, cli, metrics, run_folder, summary, tiny_cfg
 
 SMOKE_RUNS = ("plain-8-none", "resnet-8-A")
@@ -207,7 +210,7 @@ def test_sigkill_after_a_random_delay_then_the_rerun_resumes_exactly(delay, tmp_
 
 def interrupt_during_eval(cfg, monkeypatch, at_eval: int = 2) -> str:
     """Run in-process; SIGTERM arrives while the `at_eval`-th evaluation runs. Returns the message."""
-    real, calls = train_mod.evaluate, []
+    real, calls = trainer_mod.evaluate, []
 
     def evaluate_then_signal(*args, **kwargs):
         calls.append(None)
@@ -216,7 +219,7 @@ def interrupt_during_eval(cfg, monkeypatch, at_eval: int = 2) -> str:
             os.kill(os.getpid(), signal.SIGTERM)
         return real(*args, **kwargs)
     with monkeypatch.context() as m:
-        m.setattr(train_mod, "evaluate", evaluate_then_signal)
+        m.setattr(trainer_mod, "evaluate", evaluate_then_signal)
         with pytest.raises(Interrupted) as stopped:
             train_mod.run(cfg)
     return str(stopped.value)
@@ -274,7 +277,7 @@ def test_slurm_time_limit_warning_checkpoints_before_submitit_requeues_the_job(t
     def submitit_requeue(signum, frame):  # stands in for submitit's checkpoint_and_try_requeue
         seen.append(torch.load(folder / "last.pt", weights_only=False)["iteration"])
         sys.exit(-1)
-    real, calls = train_mod.evaluate, []
+    real, calls = trainer_mod.evaluate, []
 
     def evaluate_then_usr2(*args, **kwargs):
         calls.append(None)
@@ -284,7 +287,7 @@ def test_slurm_time_limit_warning_checkpoints_before_submitit_requeues_the_job(t
     previous = signal.signal(signal.SIGUSR2, submitit_requeue)
     try:
         with monkeypatch.context() as m:
-            m.setattr(train_mod, "evaluate", evaluate_then_usr2)
+            m.setattr(trainer_mod, "evaluate", evaluate_then_usr2)
             with pytest.raises(SystemExit):
                 train_mod.run(tiny_cfg(tmp_path))
         assert signal.getsignal(signal.SIGUSR2) is submitit_requeue  # handed back after the run
@@ -523,7 +526,7 @@ def test_a_run_locked_by_another_process_is_skipped_and_reported_as_such(tmp_pat
         err = capsys.readouterr().err
         assert f"skipped {folder}: another process is training this run right now" in err
         assert not (folder / "metrics.jsonl").exists()
-        planned = [sweep_mod.PlannedRun([], folder, "to do", 30, 960, 1, "fp32", {})]
+        planned = [sweep_mod.PlannedRun([], folder, "to do", 30, 960, 1, "fp32", {}, "cpu")]
         assert sweep_mod.report(planned) == 0
         out, err = capsys.readouterr()
         assert re.search(r"seed=0\s+training", out)
@@ -616,13 +619,13 @@ def test_a_finished_run_with_neither_config_nor_checkpoint_is_refused_by_its_sum
 def test_a_key_the_suite_gained_later_does_not_make_an_old_run_a_different_config(monkeypatch):
     """Committed runs keep the config.yaml they were written with; a key added since is compared as its
     documented default (RESULT_KEY_DEFAULTS) or, when not listed, not at all."""
-    monkeypatch.setattr(train_mod, "RESULT_KEY_DEFAULTS", {"data.augment": True})
+    monkeypatch.setattr(resume_guard, "RESULT_KEY_DEFAULTS", {"data.augment": True})
     old = {"optim": {"lr": 0.1}, "data.source": "fake", "trainer.dropped": 1}
-    assert train_mod.changed_keys(old, {"optim": {"lr": 0.1, "new_knob": 3}, "data.source": "fake",
+    assert resume_guard.changed_keys(old, {"optim": {"lr": 0.1, "new_knob": 3}, "data.source": "fake",
                                         "data.augment": True}) == []
-    assert train_mod.changed_keys(old, {"optim": {"lr": 0.1}, "data.source": "fake",
+    assert resume_guard.changed_keys(old, {"optim": {"lr": 0.1}, "data.source": "fake",
                                         "data.augment": False}) == ["data.augment"]
-    assert train_mod.changed_keys(old, {"optim": {"lr": 0.2}, "data.source": "fake"}) == ["optim.lr"]
+    assert resume_guard.changed_keys(old, {"optim": {"lr": 0.2}, "data.source": "fake"}) == ["optim.lr"]
 
 
 def test_no_committed_reference_run_is_a_different_config_to_this_suite():
@@ -638,7 +641,8 @@ def test_no_committed_reference_run_is_a_different_config_to_this_suite():
                 f"experiment={cfg['experiment_name']}", f"data={cfg['data']['source']}",
                 f"model={m['arch']}", f"model.depth={m['depth']}", f"model.shortcut={m['shortcut']}",
                 f"seed={cfg['seed']}"])
-        assert train_mod.changed_keys(train_mod.saved_result_config(path), train_mod.result_config(now)) == [], path
+        saved = resume_guard.saved_result_config(path)
+        assert resume_guard.changed_keys(saved, resume_guard.result_config(now)) == [], path
 
 
 def _rerun_sweep(results: Path, *extra: str):
@@ -785,7 +789,8 @@ def test_the_sweeps_final_table_reads_a_read_only_results_folder(done_sweep, mon
         if str(path).startswith(str(done_sweep)) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
             raise OSError(errno.EROFS, "Read-only file system", str(path))
         return real_open(path, flags, *args, **kwargs)
-    planned = [sweep_mod.PlannedRun([], run_folder(done_sweep, name, exp="smoke"), "to do", 40, 1280, 1, "fp32", {})
+    planned = [sweep_mod.PlannedRun([], run_folder(done_sweep, name, exp="smoke"), "to do", 40, 1280, 1, "fp32", {},
+                                    "cpu")
                for name in SMOKE_RUNS]
     for run in planned:
         (run.folder / ".lock").touch()  # what every trained run leaves

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import signal
 from collections import Counter
 from contextlib import nullcontext
 from pathlib import Path
@@ -68,7 +69,7 @@ def test_resume_onto_a_device_keeps_rng_states_on_the_cpu(tmp_path, monkeypatch)
     assert restored == ["cpu"] and tr.iteration == 30
     assert all(p.device.type == "meta" for p in tr.model.parameters())
     assert all(s["momentum_buffer"].device.type == "meta" for s in tr.opt.state.values())
-    assert all(v.device.type == "meta" for v in tr.acc.values() if isinstance(v, torch.Tensor))
+    assert all(v.device.type == "meta" for v in vars(tr.sums).values() if isinstance(v, torch.Tensor))
     assert tr.opt.param_groups[0]["foreach"] and tr.lr == state["opt"]["param_groups"][0]["lr"]
 
 
@@ -275,7 +276,7 @@ def test_graphed_step_logic_matches_the_eager_run_through_a_resume(tmp_path, mon
         out = real_iteration(self, warming)
         seen.append((self.iteration, type(self.opt.param_groups[0]["lr"]).__name__))
         if self.iteration == 15 and len(seen) == 15:  # the first run only
-            self.stop_signal = "SIGTERM"
+            self.signals.received = signal.SIGTERM
         return out
     monkeypatch.setattr(train_mod.Trainer, "train_iteration", stop_once)
     with pytest.raises(train_mod.Interrupted):

@@ -2,9 +2,11 @@ import json
 import re
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
-from experiments import sweep
+from experiments import device as device_mod
+from experiments import sweep, sweep_status
 from helpers import REPO, cli, metrics, run_folder, summary
 
 EXPECTED = {
@@ -196,24 +198,43 @@ def test_offline_default_data_is_one_line_before_any_run(tmp_path, monkeypatch, 
 def test_estimates_use_a_matching_benchmark_beside_results(tmp_path, capsys):
     rate = 100.0  # GMAC x images/s
     row = {"device": "cpu", "precision": "fp32", "suite_images_per_s": rate / 0.5, "macs": 500_000_000}
-    bench = {**sweep.this_device(), "rows": [row]}
+    bench = {**sweep_status.this_device("cpu"), "rows": [row]}
     (tmp_path / "bench").mkdir()
     (tmp_path / "bench" / "latest.json").write_text(json.dumps(bench))
     args = sweep.parse_args(["--exp", "smoke", "--results", str(tmp_path), "trainer.precision=fp32"])
     runs = sweep.plan(args)
-    rates, used = sweep.calibration(str(tmp_path))
+    rates, used = sweep_status.calibration(str(tmp_path), "cpu")
     assert used == (tmp_path / "bench" / "latest.json").resolve() and rates == {"fp32": rate}
-    assert sweep.estimate_seconds(runs[0], "cpu", rates) == pytest.approx(runs[0].images * runs[0].macs / 1e9 / rate)
+    assert runs[0].device == "cpu"
+    assert sweep_status.estimate_seconds(runs[0], rates) == pytest.approx(runs[0].images * runs[0].macs / 1e9 / rate)
     # a benchmark of another machine is never used
     (tmp_path / "bench" / "latest.json").write_text(json.dumps({**bench, "device_name": "Some Other CPU"}))
-    assert sweep.calibration(str(tmp_path))[1] != (tmp_path / "bench" / "latest.json").resolve()
+    assert sweep_status.calibration(str(tmp_path), "cpu")[1] != (tmp_path / "bench" / "latest.json").resolve()
+
+
+def test_the_planner_resolves_each_runs_device_and_precision_as_the_run_will(monkeypatch, capsys):
+    # An Apple MPS machine: quick's runs train on mps, in fp32 (`fast` has no native bf16 there), and with no
+    # benchmark of it the estimate says so instead of borrowing another device's rate.
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    args = sweep.parse_args(["--exp", "quick", "--results", "/nonexistent-results"])
+    runs = sweep.plan(args)
+    assert {(r.device, r.precision) for r in runs} == {("mps", "fp32")}
+    sweep_status.print_plan(runs, args)
+    assert "estimated time on mps (one job at a time): unknown (no benchmark" in capsys.readouterr().out
+    # A GPU machine: smoke pins trainer.device=cpu, so its runs are planned on the CPU in fp32, quick's on the GPU.
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(device_mod, "nvml_compute_capabilities", lambda: [(9, 0)])
+    assert {(r.device, r.precision) for r in planned("smoke")} == {("cpu", "fp32")}
+    assert {(r.device, r.precision) for r in planned("quick")} == {("cuda", "bf16")}
 
 
 def test_degradation_estimate_agrees_with_the_readme(tmp_path, capsys, monkeypatch):
     # On the machine of the committed benchmark, the dry run and README quote the same hours.
     bench = json.loads(next((REPO / "results" / "reference" / "bench").glob("cpu-*.json")).read_text())
-    monkeypatch.setattr(sweep, "this_device", lambda: {k: bench[k] for k in ("device", "device_name", "threads")})
-    monkeypatch.setattr(sweep, "_device_type", lambda: "cpu")
+    monkeypatch.setattr(sweep_status, "this_device", lambda _: {k: bench[k] for k in ("device", "device_name", "threads")})
+    monkeypatch.setattr(device_mod, "detect_device_type", lambda: "cpu")
     assert sweep.main(["--exp", "degradation", "--results", str(tmp_path), "--dry-run"]) == 0
     hours = re.search(r"one job at a time\): ~([\d.]+) h \(calibrated by", capsys.readouterr().out)
     readme = re.search(r"~(\d+) h on the 2-core CPU \(fp32, from `make bench`", (REPO / "README.md").read_text())

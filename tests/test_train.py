@@ -1,14 +1,17 @@
-import json
-import os
+import pickle
 import shutil
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
+import torch
 
 from experiments import train as train_mod
+from experiments import trainer as trainer_mod
 from experiments.checks import ConfigError
 from experiments.schedule import LrSchedule
+from experiments.stopping import Interrupted
 from helpers import TINY, cli, metrics, run_folder, summary, tiny_cfg
 
 ROW_FIELDS = {"format_version", "iter", "epoch", "lr", "warmup", "train_loss", "train_err", "test_loss",
@@ -52,6 +55,42 @@ def test_sigkill_after_a_checkpoint_then_resume_gives_identical_metrics(tmp_path
     assert cli(*args).returncode == 0
     assert metrics(folder) == metrics(run_folder(tmp_path / "ref"))
     assert summary(folder)["iterations_done"] == 30
+
+
+def test_last_pt_keeps_the_step_sums_as_earlier_checkpoints_did_and_resumes_identically(tmp_path, monkeypatch):
+    """The sums since the last evaluation point stay in last.pt under "acc" as a plain dict (loss, wrong, seen,
+    warmup, t), the layout checkpoints had before the sums got a type: old and new checkpoints resume alike."""
+    train_mod.run(tiny_cfg(tmp_path / "ref"))
+    real_iteration = trainer_mod.Trainer.train_iteration
+
+    def stop_at_15(self, warming):
+        out = real_iteration(self, warming)
+        if self.iteration == 15:  # between evaluation points: the sums hold 5 steps
+            self.signals.received = signal.SIGTERM
+        return out
+    with monkeypatch.context() as m:
+        m.setattr(trainer_mod.Trainer, "train_iteration", stop_at_15)
+        with pytest.raises(Interrupted) as stopped:
+            train_mod.run(tiny_cfg(tmp_path / "cut"))
+    assert stopped.value.exit_status == 143
+    folder = run_folder(tmp_path / "cut")
+    state = torch.load(folder / "last.pt", weights_only=False)
+    acc = state["acc"]
+    assert type(acc) is dict and set(acc) == {"loss", "wrong", "seen", "warmup", "t"}
+    assert acc["seen"] == 5 * 32 and isinstance(acc["loss"], torch.Tensor) and acc["warmup"] is False
+    state["acc"] = {"loss": acc["loss"].clone(), "wrong": acc["wrong"].clone(), "seen": 160, "warmup": False,
+                    "t": acc["t"]}  # written as the trainer before StepSums wrote it
+    torch.save(state, folder / "last.pt")
+    train_mod.run(tiny_cfg(tmp_path / "cut"))
+    assert metrics(folder) == metrics(run_folder(tmp_path / "ref"))
+
+
+def test_interrupted_carries_its_signal_to_the_exit_status_and_survives_pickling():
+    stopped = Interrupted(signal.SIGINT, 7, Path("r/last.pt"))
+    assert stopped.exit_status == 130 and Interrupted(signal.SIGTERM, 7, Path("x")).exit_status == 143
+    assert str(stopped) == "stopped by SIGINT at iteration 7; rerun the same command to resume from r/last.pt"
+    copied = pickle.loads(pickle.dumps(stopped))
+    assert copied.exit_status == 130 and str(copied) == str(stopped)
 
 
 def test_kill_mid_metrics_line_and_mid_checkpoint_write_resume_cleanly(tmp_path):
@@ -110,7 +149,6 @@ def test_a_run_killed_during_warmup_resumes_with_the_same_running_error(tmp_path
     train_mod.run(tiny_cfg(tmp_path / "ref", *warm))
     args = [*TINY, f"results_dir={tmp_path / 'cut'}", *warm]
     assert cli(*args, env={"SUITE_FAULT": "after:checkpoint:1"}).returncode == -signal.SIGKILL
-    import torch
     saved = torch.load(run_folder(tmp_path / "cut") / "last.pt", weights_only=False)
     assert [n for _, n in saved["warmup_window"]] == [32] * 10  # 10 batches of 32 so far, as ints
     assert cli(*args).returncode == 0
@@ -202,8 +240,8 @@ def test_progress_lines_in_a_log_carry_iteration_total_percent_and_eta(monkeypat
     monkeypatch.setattr(P.time, "perf_counter", lambda: next(clock))
     bar = P.Progress("log", total=2000, start=0, folder=Path("resnet-8-A/seed=0"))
     bar.point({"iter": 500, "lr": 0.1, "train_err": 40.0, "test_err": 42.0, "images_per_s": 900.0})
-    bar.update(600, 0.1, {"wrong": 3, "seen": 10})  # 30 s after the last line: quiet
-    bar.update(750, 0.1, {"wrong": 3, "seen": 10})  # 70 s: a line
+    bar.update(600, 0.1, 30.0)  # 30 s after the last line: quiet
+    bar.update(750, 0.1, 30.0)  # 70 s: a line
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2
     assert "iter 500 / 2000 (25%), ETA 0:05:00" in lines[0] and "test_err 42.00%" in lines[0]

@@ -1,0 +1,184 @@
+"""What `make sweep` shows about its runs: each run's state on disk, the plan with time estimates
+(calibrated by a `make bench` of the same device), and the final table with the sweep's exit status."""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from experiments.device import available_cores, cpu_name, nvml_gpu_name
+from experiments.contract import (
+    COMPLETED, CORRUPT, DAMAGED, FINISHED, MISSING, FormatError, lost_curve, read_json, read_metrics,
+)
+
+if TYPE_CHECKING:
+    from experiments.sweep import PlannedRun
+
+# What the sweep calls a run that is not finished (beside the contract's statuses): not begun, begun
+# (a checkpoint to resume), being trained by another process now, stopped on an error the user must fix.
+TO_DO, PARTIAL, TRAINING, ERROR = "to do", "partial", "training", "error"
+SOURCE_TREE = Path(__file__).resolve().parents[1]  # the checkout this package runs from (if any)
+# Training images/s per GMAC of forward work, measured on this project's machines; used only when
+# no benchmark of a matching device is found (see `make bench` and bench_files).
+# (ResNet-56 at 0.125 GMAC: ~450 img/s bf16 on 2 EPYC cores; the H100 target is 25k img/s.)
+# MPS has no measurement: its estimate needs a `make bench` on the Mac.
+FALLBACK_GMAC_IMAGES_PER_S = {"cpu": 450 * 0.125, "cuda": 25_000 * 0.125}
+
+
+# -- a run's state on disk ----------------------------------------------------------------------------------
+def locked_elsewhere(folder: Path) -> bool:
+    """True while another process holds the run's lock, i.e. is training it right now. The probe holds
+    the lock for microseconds; a trainer arriving meanwhile waits for it (train.LOCK_WAIT_S). It opens
+    the lock file read-only (flock works on any open file; filelock takes the same flock), so a
+    read-only results folder can still be looked at."""
+    try:
+        fd = os.open(folder / ".lock", os.O_RDONLY)
+    except OSError:  # no lock file: never create one (or folders) just to look
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        return e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+    finally:
+        os.close(fd)  # closing releases our probe lock
+    return False
+
+
+def planned_status(folder: Path) -> str:
+    """completed or diverged (nothing to train), training (locked by another process), partial (a checkpoint
+    to resume from) or to do."""
+    summary = read_json(folder / "summary.json")
+    if isinstance(summary, dict) and summary.get("status") in FINISHED:
+        return summary["status"]
+    return TRAINING if locked_elsewhere(folder) else PARTIAL if (folder / "last.pt").exists() else TO_DO
+
+
+# -- the plan, with time estimates --------------------------------------------------------------------------
+def bench_files(results: str) -> list[Path]:
+    """Benchmarks to calibrate time estimates, best first: this results folder's `make bench`
+    (<results>/bench/latest.json), then committed ones (results/reference/bench/*.json) beside it and in
+    the suite's source tree."""
+    found = [Path(results) / "bench" / "latest.json", *sorted((Path(results) / "reference" / "bench").glob("*.json")),
+             *sorted((SOURCE_TREE / "results" / "reference" / "bench").glob("*.json"))]
+    return list(dict.fromkeys(p.resolve() for p in found if p.is_file()))
+
+
+def this_device(device: str) -> dict:
+    """What a benchmark must have run on to calibrate runs on `device` here: device type, name, CPU threads."""
+    if device == "cuda":  # named through NVML: the planner never starts CUDA (issue 17)
+        return {"device": "cuda", "device_name": nvml_gpu_name()}
+    if device == "mps":
+        return {"device": "mps", "device_name": "Apple MPS"}  # as `make bench` names it
+    return {"device": "cpu", "device_name": cpu_name(), "threads": available_cores()}
+
+
+def calibration(results: str, device: str) -> tuple[dict, Path | None]:
+    """{precision: training GMAC x images/s} from the first benchmark of this machine's `device`, and its file."""
+    here = this_device(device)
+    for path in bench_files(results):
+        bench = read_json(path) or {}
+        if any(bench.get(k) != v for k, v in here.items()):
+            continue
+        rates: dict[str, list[float]] = {}
+        for r in bench.get("rows", []):
+            if r.get("device") == here["device"] and r.get("suite_images_per_s") and r.get("macs"):
+                rates.setdefault(r["precision"], []).append(r["suite_images_per_s"] * r["macs"] / 1e9)
+        if rates:  # images/s x GMAC of the benchmarked models at each precision, averaged
+            return {p: sum(v) / len(v) for p, v in rates.items()}, path
+    return {}, None
+
+
+def estimate_seconds(run: PlannedRun, rates: dict) -> float | None:
+    """The run's training time at its precision's benchmarked rate on its device, else at the rough
+    fallback rate; None where there is neither."""
+    rate = rates.get(run.precision) or FALLBACK_GMAC_IMAGES_PER_S.get(run.device)
+    return None if rate is None else run.images * run.macs / 1e9 / rate
+
+
+def print_plan(runs: list[PlannedRun], args, seeds_from_args: str | None = None) -> None:
+    devices = sorted({r.device for r in runs})
+    calibrated = {d: calibration(args.results, d) for d in devices}
+    todo = [r for r in runs if r.status not in FINISHED]
+    print(f"sweep {args.exp}: {len(runs)} runs, {len(runs) - len(todo)} done, {len(todo)} to train "
+          f"(launcher {args.launcher}, jobs {args.jobs}, results {args.results})")
+    if seeds_from_args:
+        print(f"seeds from ARGS ({seeds_from_args}) replace SEEDS={args.seeds}")
+    total, unknown = 0.0, False
+    for r in runs:
+        secs = estimate_seconds(r, calibrated[r.device][0]) if r in todo else 0.0
+        unknown |= secs is None
+        total += secs or 0.0
+        print(f"  {r.status:8s} {r.folder}  {r.iterations} it, {r.macs * r.images * 3 / 1e15:7.2f} PMAC"
+              + (f", {duration(secs)}" if secs else ""))
+    benches = [bench for _, bench in calibrated.values() if bench]
+    how = (" (no benchmark of this device; run `make bench`)" if unknown
+           else f" (calibrated by {', '.join(_shown(b) for b in benches)})" if len(benches) == len(devices)
+           else " (rough: no benchmark of this device; run `make bench`)")
+    print(f"estimated time on {' and '.join(devices)} (one job at a time): "
+          f"{'unknown' if unknown else duration(total)}{how}")
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(Path.cwd().resolve())) if path.is_relative_to(Path.cwd().resolve()) else str(path)
+
+
+def duration(seconds: float) -> str:
+    return f"~{seconds / 60:.0f} min" if seconds < 5400 else f"~{seconds / 3600:.1f} h"
+
+
+# -- after the sweep ----------------------------------------------------------------------------------------
+def curve_lost(folder: Path, summary: dict) -> bool:
+    """A completed run whose metrics.jsonl no longer reaches its last iteration: deleted, emptied or cut."""
+    try:
+        points = read_metrics(folder / "metrics.jsonl")
+    except FormatError:  # written by a newer suite: not this sweep's to judge, and the report says so
+        return False
+    return lost_curve(points, summary.get("iterations_done")) is not None
+
+
+def report(runs: list[PlannedRun], errors: dict[str, str] | None = None) -> int:
+    """The final table; the exit status: 2 when a run stopped on an error the user must fix,
+    1 when runs are unfinished or damaged, 0 otherwise."""
+    errors = errors or {}
+    print(f"\n{'run':44s} {'status':10s} {'train err':>9s} {'test err':>9s} {'time':>8s}")
+    unfinished, damaged, refused, elsewhere = [], [], [], 0
+    for r in runs:
+        s = read_json(r.folder / "summary.json") or {
+            "status": CORRUPT if (r.folder / "summary.json").exists()
+            else PARTIAL if (r.folder / "last.pt").exists() else MISSING}
+        status = s.get("status", CORRUPT)
+        if str(r.folder) in errors:
+            status = ERROR
+            refused.append(r)
+        elif status == MISSING and locked_elsewhere(r.folder):
+            status, elsewhere = TRAINING, elsewhere + 1
+        elif status == COMPLETED and curve_lost(r.folder, s):
+            status = DAMAGED
+            damaged.append(r)
+        elif status not in (*FINISHED, TRAINING):
+            unfinished.append(r)
+        fmt = lambda v: f"{v:8.2f}%" if isinstance(v, (int, float)) else f"{'-':>9s}"  # noqa: E731
+        wall = s.get("wall_time_s")
+        print(f"{str(r.folder):44s} {status:10s} {fmt(s.get('final_train_err'))} {fmt(s.get('final_test_err'))} "
+              f"{(f'{wall / 60:6.1f}m' if wall else '-'):>8s}")
+    if elsewhere:  # e.g. two sweeps started on one results folder: each run is trained once, by one of them
+        print(f"{elsewhere} run(s) are being trained by another process right now; rerun the same command "
+              f"after it finishes to see their results", file=sys.stderr)
+    if damaged:  # the numbers survive in summary.json, the curve cannot be recomputed from a checkpoint
+        print(f"{len(damaged)} completed run(s) lost their curve (metrics.jsonl missing, empty or cut short): "
+              f"{', '.join(str(r.folder) for r in damaged)}; the report lists them as damaged and leaves them out; "
+              f"to retrain them, delete those folders and rerun the same command", file=sys.stderr)
+    if unfinished:
+        print(f"{len(unfinished)} run(s) did not complete; rerun the same command to resume them", file=sys.stderr)
+    planned = {str(r.folder) for r in runs}
+    unplanned = [(run, error) for run, error in errors.items() if run not in planned]
+    for run, error in [(str(r.folder), errors[str(r.folder)]) for r in refused] + unplanned:
+        print(f"error: {run}: {error}", file=sys.stderr)  # rerunning cannot help: something must change first
+    if refused or unplanned:
+        print(f"{len(refused) + len(unplanned)} run(s) stopped on the error(s) above; fix them, then rerun the "
+              f"same command", file=sys.stderr)
+        return 2
+    return 1 if unfinished or damaged else 0

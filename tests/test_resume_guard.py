@@ -1,0 +1,46 @@
+"""Every config leaf is classified as a result key or not, so RESULT_KEYS cannot fall behind conf/."""
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from experiments import resume_guard
+from helpers import REPO
+
+GROUPS = ("data", "model", "optim", "schedule", "trainer", "experiment")
+
+
+def every_composed_leaf() -> set[str]:
+    """The leaves of the default config and of every option of every config group."""
+    found = set()
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        choices = [[]] + [[f"{group}={p.stem}"] for group in GROUPS for p in sorted((REPO / "conf" / group).glob("*.yaml"))]
+        for overrides in choices:
+            cfg = compose("config", overrides=overrides)
+            found |= set(resume_guard.leaves(OmegaConf.to_container(cfg, resolve=False)))
+    return found
+
+
+def covers(prefix: str, leaf: str) -> bool:
+    return leaf == prefix or leaf.startswith(prefix + ".")
+
+
+def test_every_config_leaf_is_either_a_result_key_or_listed_as_not_one():
+    leaves = every_composed_leaf()
+    assert {"model.depth", "data.num_train", "trainer.device"} <= leaves  # the groups' options were composed
+    result = {leaf for leaf in leaves if any(covers(k, leaf) for k in resume_guard.RESULT_KEYS)}
+    other = {leaf for leaf in leaves if any(covers(k, leaf) for k in resume_guard.NOT_RESULT_KEYS)}
+    assert not leaves - result - other, "classify these in experiments/resume_guard.py (RESULT_KEYS or NOT_RESULT_KEYS)"
+    assert not result & other
+    stale = [k for k in (*resume_guard.RESULT_KEYS, *resume_guard.NOT_RESULT_KEYS)
+             if not any(covers(k, leaf) for leaf in leaves)]
+    assert not stale, "keys no config has any more"
+
+
+def test_the_schedule_is_compared_as_it_computes():
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        written = compose("config", overrides=["schedule.iterations=16000", "schedule.milestones=null"])
+        explicit = compose("config", overrides=["schedule.iterations=16000", "schedule.milestones=[8000,12000]"])
+        capped = compose("config", overrides=["schedule.iterations=16000", "schedule.warmup_max_iters=4000"])
+    # null milestones are the paper's scaled to the run; warm-up settings of a run that never warms up do not count
+    assert resume_guard.changed_keys(resume_guard.result_config(written), resume_guard.result_config(explicit)) == []
+    assert resume_guard.changed_keys(resume_guard.result_config(written), resume_guard.result_config(capped)) == []
+    assert resume_guard.result_config(written)["schedule"]["milestones"] == [8000, 12000]
