@@ -126,9 +126,16 @@ def test_the_slurm_code_path_runs_through_submitits_local_executor(tmp_path):
 
 
 def test_launcher_settings_can_be_refined_on_the_command_line(capsys):
-    assert sweep.main(["--exp", "smoke", "--launcher", "slurm", "--dry-run", "hydra.launcher.partition=gpu",
-                       "hydra.launcher.timeout_min=60"]) == 0
+    argv = ["--exp", "smoke", "--launcher", "slurm", "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=60"]
+    assert sweep.main([*argv, "--dry-run"]) == 0
     assert "2 runs" in capsys.readouterr().out
+    # What Hydra would launch every job with: the slurm launcher, refined by ARGS, not its defaults.
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        jobs = sweep.expand(sweep.parse_args(argv))
+        launchers = [compose("config", overrides=job, return_hydra_config=True).hydra.launcher for job in jobs]
+    assert len(launchers) == 2
+    assert all(l._target_.endswith("SlurmLauncher") and l.partition == "gpu" and l.timeout_min == 60
+               for l in launchers)
 
 
 # -- ARGS: every Hydra override, as Hydra's own sweeper reads it ------------------------------------------
