@@ -16,7 +16,3 @@ def shared_jpeg() -> Path:
     if not SHARED_JPEG.exists():
         pytest.skip(f"the shared CIFAR-10 JPEG copy is absent ({SHARED_JPEG})")
     return SHARED_JPEG
-
-# tests import their shared helpers by module name
-import sys  # noqa: E402
-sys.path.insert(0, str(Path(__file__).parent))

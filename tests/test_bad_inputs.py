@@ -31,7 +31,7 @@ from experiments import sweep as sweep_mod
 from experiments import train as train_mod
 from experiments.checks import ConfigError
 from experiments.data import CLASSES, DataError
-from helpers import REPO, TINY, cli
+from tests.helpers import REPO, TINY, cli
 
 CASES = [
     # -- model

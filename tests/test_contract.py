@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from experiments import contract as C
-from helpers import REPO
-from test_analysis import write_sweep
+from tests.helpers import REPO
+from tests.test_analysis import write_sweep
 
 
 # ---------------------------------------------------------------- names

@@ -37,7 +37,7 @@ from experiments.checks import ConfigError
 from experiments.contract import read_json
 from experiments.runfiles import WriteError
 from experiments.stopping import Interrupted
-from helpers import REPO, TINY, cli, metrics, run_folder, summary, tiny_cfg
+from tests.helpers import REPO, TINY, cli, metrics, run_folder, summary, tiny_cfg
 
 SMOKE_RUNS = ("plain-8-none", "resnet-8-A")
 SMOKE_ITERS = (10, 20, 30, 40)

@@ -24,7 +24,7 @@ from experiments.device import RunDevice, cpu_name, pick_device, resolve_precisi
 from experiments.models import build_from_config
 from experiments.probes import evaluate
 from experiments.schedule import RunningError
-from helpers import REPO, TINY, cli, metrics, run_folder, summary, tiny_cfg
+from tests.helpers import REPO, TINY, cli, metrics, run_folder, summary, tiny_cfg
 
 PINNED = json.loads((REPO / "tests" / "data" / "tiny_metrics_pinned.json").read_text())
 QUIET = "trainer.progress=false"

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import zipfile
 
-from helpers import REPO
+from tests.helpers import REPO
 
 
 def test_the_wheel_carries_the_configs_and_runs_a_sweep_plan_from_any_folder(tmp_path):

@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from analysis import report
-from helpers import REPO
+from tests.helpers import REPO
 
 REFERENCES = REPO / "results" / "reference"
 COMMITTED = sorted(p.parent.name for p in REFERENCES.glob("*/report.md") if (p.parent / "runs").is_dir())

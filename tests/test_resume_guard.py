@@ -3,7 +3,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from experiments import resume_guard
-from helpers import REPO
+from tests.helpers import REPO
 
 GROUPS = ("data", "model", "optim", "schedule", "trainer", "experiment")
 

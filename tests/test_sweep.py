@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_dir
 
 from experiments import device as device_mod
 from experiments import sweep, sweep_status
-from helpers import REPO, cli, metrics, run_folder, summary
+from tests.helpers import REPO, cli, metrics, run_folder, summary
 
 EXPECTED = {
     "smoke": ["plain-8-none", "resnet-8-A"],

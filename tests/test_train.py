@@ -12,7 +12,7 @@ from experiments import trainer as trainer_mod
 from experiments.checks import ConfigError
 from experiments.schedule import LrSchedule
 from experiments.stopping import Interrupted
-from helpers import TINY, cli, metrics, run_folder, summary, tiny_cfg
+from tests.helpers import TINY, cli, metrics, run_folder, summary, tiny_cfg
 
 ROW_FIELDS = {"format_version", "iter", "epoch", "lr", "warmup", "train_loss", "train_err", "test_loss",
               "test_err", "elapsed_s", "images_per_s"}

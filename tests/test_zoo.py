@@ -21,8 +21,8 @@ from experiments.models import (
     ZOO, PreActBlock, PreActCifarNet, build_from_config, build_model, conv_layers, count_params, response_layers,
     zoo_depth,
 )
-from helpers import REPO, run_folder, summary, tiny_cfg
-from test_analysis import write_run
+from tests.helpers import REPO, run_folder, summary, tiny_cfg
+from tests.test_analysis import write_run
 
 TORCHVISION_PARAMS = {18: 11_689_512, 34: 21_797_672, 50: 25_557_032, 101: 44_549_160, 152: 60_192_808}
 RESNETS = [f"resnet{d}" for d in TORCHVISION_PARAMS]
