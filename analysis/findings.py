@@ -246,7 +246,7 @@ def _config(results: Results, dotted: str, run_ids) -> list:
     return out
 
 
-# data.augment as experiments/data.py reads it; a run recorded before the key existed used the default.
+# data.augment as experiments/data/batches.py reads it; a run recorded before the key existed used the default.
 AUGMENT_WORDS = {"crop_flip": "crop_flip: pad 4, random 32x32 crop, random horizontal flip (the paper's)",
                  "crop": "crop: pad 4, random 32x32 crop, no flip", "flip": "flip: random horizontal flip only",
                  "none": "none: the original images"}
