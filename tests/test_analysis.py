@@ -1,5 +1,8 @@
 """analysis/: tables, figures and report from fabricated result trees in the contract format
 (README "Results on disk"). The training code is never imported: the analysis reads files.
+
+One file on purpose (~750 lines): its cases share the fabricated sweeps (write_run, write_sweep, the built
+report of the `built` fixture, which other test files import too) and read top to bottom as the report does.
 """
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
 """The data layer: sources agree, user errors are clear and leave no cache, splits and statistics are
-honest, augmentation is the paper's, batches are a pure function of (seed, iteration)."""
+honest, augmentation is the paper's, batches are a pure function of (seed, iteration).
+
+One file (~430 lines) for the one package experiments/data/: its fixtures write every on-disk source format."""
 import hashlib
 import os
 import pickle

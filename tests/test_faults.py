@@ -5,6 +5,9 @@ completes, no run is trained twice from scratch, and the final metrics equal an 
 The fast subset (default `pytest`) holds one or two cases of each kind; `-m slow` runs the rest.
 Kill points come from experiments/faults.py (SUITE_FAULT=<point>:<n>); in a basic-launcher sweep
 both runs share one process, so the n-th checkpoint of the sweep is run 1's for n <= 4.
+
+One file on purpose (~880 lines): every case shares the uninterrupted smoke sweep built once per session
+(smoke_root) and the kill/rerun/compare helpers; split, each file would rebuild the reference.
 """
 from __future__ import annotations
 
