@@ -48,7 +48,7 @@ CASES = [
     ("lr-inf", "train optim.lr=inf", "optim.lr must be a positive number, got inf"),
     ("weight-decay-inf", "train optim.weight_decay=inf", "optim.weight_decay must be a finite number >= 0"),
     ("batch-0", "train optim.batch_size=0", "optim.batch_size must be a positive integer, got 0"),
-    ("batch-above-data", "train optim.batch_size=1000", "batch size 1000 exceeds the 256 training images"),
+    ("batch-above-data", "train optim.batch_size=1000", "batch size 1000 exceeds the 512 training images"),
     ("momentum-1.5", "train optim.momentum=1.5", "optim.momentum must be in [0, 1)"),
     ("iterations-before-milestone", "train schedule.iterations=100 schedule.milestones=[200,300]",
      "schedule.iterations=100 ends before the first milestone 200"),
@@ -141,10 +141,8 @@ def _snapshot(root: Path) -> dict:
 
 
 def _train_args(words: list[str], results: Path, cache: Path) -> list[str]:
-    folder_source = any(w.startswith("data=") for w in words)
-    base = [t for t in TINY if not (folder_source and t.startswith("data"))]
     extra = [] if any(w.startswith("results_dir=") for w in words) else [f"results_dir={results}"]
-    return [*base, *words, *extra, f"data.cache_dir={cache}"]
+    return [*TINY, *words, *extra, f"data.cache_dir={cache}"]
 
 
 def _run_in_process(tool: str, words: list[str], results: Path, cache: Path) -> tuple[int, str]:

@@ -43,7 +43,7 @@ from experiments.stopping import Interrupted
 from tests.helpers import REPO, TINY, cli, metrics, run_folder, summary, tiny_cfg
 
 SMOKE_RUNS = ("plain-8-none", "resnet-8-A")
-SMOKE_ITERS = (10, 20, 30, 40)
+POINTS = (10, 20, 30, 40)  # every tiny-recipe run (smoke sweep or single) evaluates and checkpoints here
 # Timing, and the commit (other work may land between the reference and a rerun), are not results.
 NOT_RESULTS = ("wall_time_s", "images_per_s", "git_commit")
 
@@ -146,9 +146,9 @@ def assert_rerun_resumed(results: Path, before: dict, out: str, ref: dict) -> No
             assert printed_iters(out, name) == []
         elif kind == "ckpt":
             assert f"{folder}: resuming from last.pt at iteration {value}" in out, out
-            assert printed_iters(out, name) == [i for i in SMOKE_ITERS if i > value], f"{name} retrained"
+            assert printed_iters(out, name) == [i for i in POINTS if i > value], f"{name} retrained"
         else:  # killed before its first checkpoint: a full run is the only way
-            assert printed_iters(out, name) == list(SMOKE_ITERS)
+            assert printed_iters(out, name) == list(POINTS)
         assert final(folder) == ref[name], name
         assert not list(folder.glob(".*.tmp"))
 
@@ -191,7 +191,7 @@ def test_two_kills_in_a_row_then_the_rerun_resumes_exactly(tmp_path, smoke_ref):
     rc, out, err = run_sweep(tmp_path, env={"SUITE_FAULT": "write:summary.json:2"})
     plain = run_folder(tmp_path, "plain-8-none", exp="smoke")
     assert rc != 0 and f"{plain}: resuming from last.pt at iteration 20" in out
-    assert printed_iters(out, "plain-8-none") == [30, 40] and printed_iters(out, "resnet-8-A") == list(SMOKE_ITERS)
+    assert printed_iters(out, "plain-8-none") == [30, 40] and printed_iters(out, "resnet-8-A") == list(POINTS)
     before = run_state(tmp_path)
     assert before["plain-8-none"][0] == "done" and before["resnet-8-A"] == ("ckpt", 40)
     rc, out, err = run_sweep(tmp_path)
@@ -346,7 +346,7 @@ def test_a_corrupt_checkpoint_is_named_and_the_run_retrained(damage, tmp_path, t
     train_mod.run(tiny_cfg(tmp_path))
     out, err = capsys.readouterr()
     assert f"warning: {folder / 'last.pt'} is unreadable" in err and "training this run from the start" in err
-    assert "resuming" not in out and printed_iters(out, "resnet-8-A") == [10, 20, 30]
+    assert "resuming" not in out and printed_iters(out, "resnet-8-A") == list(POINTS)
     assert final(folder) == tiny_ref
 
 
@@ -358,7 +358,7 @@ def test_a_corrupt_summary_is_named_and_redone_from_the_checkpoint_without_train
     train_mod.run(tiny_cfg(tmp_path))
     out, err = capsys.readouterr()
     assert f"warning: {folder / 'summary.json'} is unreadable" in err
-    assert "resuming from last.pt at iteration 30" in out and printed_iters(out, "resnet-8-A") == []
+    assert "resuming from last.pt at iteration 40" in out and printed_iters(out, "resnet-8-A") == []
     assert final(folder) == tiny_ref
 
 
@@ -384,7 +384,7 @@ def test_metrics_damaged_before_the_checkpoint_are_named_and_the_run_retrained(d
     train_mod.run(tiny_cfg(tmp_path))
     out, err = capsys.readouterr()
     assert f"warning: {folder / 'metrics.jsonl'} is truncated or corrupt" in err, err
-    assert printed_iters(out, "resnet-8-A") == [10, 20, 30]
+    assert printed_iters(out, "resnet-8-A") == list(POINTS)
     assert final(folder) == tiny_ref
 
 
@@ -405,9 +405,8 @@ def _tree(root: Path) -> Path:
 @pytest.mark.parametrize("damage", [pytest.param(_truncate, marks=SLOW), "flip"], ids=["truncated", "flipped-byte"])
 def test_a_corrupt_data_cache_is_named_rebuilt_identically_and_the_run_completes(damage, tmp_path, capsys):
     tree, cache = _tree(tmp_path / "pngs"), tmp_path / "cache"
-    base = [t for t in TINY if not t.startswith("data")]
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        cfgs = [compose("config", overrides=[*base, "data=cifar10_folder", f"data.root={tree}",
+        cfgs = [compose("config", overrides=[*TINY, "data=cifar10_folder", f"data.root={tree}",
                                              f"data.cache_dir={cache}", f"results_dir={tmp_path / 'r'}",
                                              "optim.batch_size=16", f"seed={seed}"]) for seed in (0, 1)]
     train_mod.run(cfgs[0])
@@ -461,7 +460,7 @@ def test_corrupt_files_in_a_sweep_never_stop_it(tmp_path, smoke_ref):
     assert f"warning: {plain / 'summary.json'} is unreadable" in err
     assert f"warning: {resnet / 'last.pt'} is unreadable" in err
     assert f"{plain}: resuming from last.pt at iteration 40" in out and printed_iters(out, "plain-8-none") == []
-    assert printed_iters(out, "resnet-8-A") == list(SMOKE_ITERS)
+    assert printed_iters(out, "resnet-8-A") == list(POINTS)
     for name, folder in zip(SMOKE_RUNS, (plain, resnet)):
         assert final(folder) == smoke_ref[name]
 
@@ -529,7 +528,7 @@ def test_a_run_locked_by_another_process_is_skipped_and_reported_as_such(tmp_pat
         err = capsys.readouterr().err
         assert f"skipped {folder}: another process is training this run right now" in err
         assert not (folder / "metrics.jsonl").exists()
-        planned = [sweep_mod.PlannedRun([], folder, "to do", 30, 960, 1, "fp32", {}, "cpu")]
+        planned = [sweep_mod.PlannedRun([], folder, "to do", 40, 1280, 1, "fp32", {}, "cpu")]
         assert sweep_mod.report(planned) == 0
         out, err = capsys.readouterr()
         assert re.search(r"seed=0\s+training", out)
@@ -539,7 +538,7 @@ def test_a_run_locked_by_another_process_is_skipped_and_reported_as_such(tmp_pat
 def assert_each_run_trained_once(outs: list[str], results: Path, ref: dict) -> None:
     for name in SMOKE_RUNS:
         trained = [i for out in outs for i in printed_iters(out, name)]
-        assert trained == list(SMOKE_ITERS), f"{name}: {trained}"  # every point once, across all sweeps
+        assert trained == list(POINTS), f"{name}: {trained}"  # every point once, across all sweeps
         assert final(run_folder(results, name, exp="smoke")) == ref[name]
 
 

@@ -66,7 +66,7 @@ def test_resume_onto_a_device_keeps_rng_states_on_the_cpu(tmp_path, monkeypatch)
     monkeypatch.setattr(torch, "set_rng_state", lambda s: (restored.append(s.device.type), real_set(s)))
 
     assert tr.load() is True
-    assert restored == ["cpu"] and tr.iteration == 30
+    assert restored == ["cpu"] and tr.iteration == 40
     assert all(p.device.type == "meta" for p in tr.model.parameters())
     assert all(s["momentum_buffer"].device.type == "meta" for s in tr.opt.state.values())
     assert all(v.device.type == "meta" for v in vars(tr.sums).values() if isinstance(v, torch.Tensor))
@@ -264,9 +264,13 @@ def test_cuda_graphs_are_refused_off_cuda_in_one_line(tmp_path):
 def test_graphed_step_logic_matches_the_eager_run_through_a_resume(tmp_path, monkeypatch):
     """GraphedStep without capture (the CPU stand-in for replay): batches copied into static buffers, the
     lr a tensor changed in place at the milestones, zero momentum buffers, the warm-up undone, stopped by
-    SIGTERM at iteration 15 and resumed. Fused SGD on the CPU equals foreach bit for bit, so the metrics
-    must equal a plain run's exactly."""
-    train_mod.run(tiny_cfg(tmp_path / "eager", QUIET))
+    SIGTERM at iteration 15 and resumed. The eager reference uses fused SGD too, as every CUDA run does: on
+    the CPU fused and foreach SGD round differently now and then (the tiny recipe's step 12 differs by 7e-9),
+    so only with the same kernel must the metrics equal the eager run's exactly."""
+    fused = property(lambda self: {"fused": True, "foreach": None})
+    with monkeypatch.context() as m:
+        m.setattr(RunDevice, "sgd_kwargs", fused)
+        train_mod.run(tiny_cfg(tmp_path / "eager", QUIET))
     graphed = RunDevice(torch.device("cpu"), "fp32", True, False, 1, cuda_graphs=True)
     monkeypatch.setattr(train_mod, "pick_device", lambda *a, **k: graphed)
     real_iteration = train_mod.Trainer.train_iteration
