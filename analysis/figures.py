@@ -13,6 +13,8 @@ One visual language (style.py): colour is depth and only depth, the same in ever
 depth-coloured artist carries the gid "depth-<d>"); line style and marker are the architecture.
 No axis limit crops a plotted point. Every builder also draws a narrow variant (narrow=True:
 panels stacked, a phone's width) that the HTML report shows on small screens.
+One file on purpose (~360 lines): the six figures share that language and its helpers (_grid,
+_panels, _markevery, _error_ylim); split, a change to the language would touch every part.
 """
 from __future__ import annotations
 

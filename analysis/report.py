@@ -5,21 +5,17 @@
 Writes <results>/figures/*.png|svg, and unless --figures-only, <results>/tables/*.csv,
 report.md and report.html. Everything is read before anything is written, so a problem the
 user must fix (no runs, a newer file format) ends with one line on stderr, exit status 2,
-and no file touched. Every output is first written into one hidden staging folder and then
-moved into place, so a full or read-only disk ends with one line naming the file, exit 1,
-and the previous report, tables and figures exactly as they were. Output is deterministic given the same files, apart from the single
-"Generated ..." line (which honours SOURCE_DATE_EPOCH).
+and no file touched. Every output is staged and moved into place together (analysis/staging.py),
+so a full or read-only disk ends with one line naming the file, exit 1, and the previous report,
+tables and figures exactly as they were. Output is deterministic given the same files, apart from
+the single "Generated ..." line (which honours SOURCE_DATE_EPOCH).
 """
 from __future__ import annotations
 
 import argparse
-import errno
 import math
 import os
-import shutil
 import sys
-import tempfile
-from contextlib import suppress
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -28,8 +24,8 @@ from filelock import FileLock, Timeout
 
 from analysis import figures, findings, paper, render, stats, tables
 from analysis.collect import COMPLETED, Results, ResultsError, collect, experiment_name
+from analysis.staging import ReportWriteError, Staging, remove_leftovers, write_failed, write_text
 from analysis.style import data_label, is_fake, png_bytes, save
-from experiments.contract import atomic_write
 
 
 def _ms(mean, std, n) -> str:
@@ -211,70 +207,6 @@ def build_blocks(results: Results, all_tables: dict, v: dict, plots, pngs: dict,
     return blocks
 
 
-STAGE_PREFIX = ".report-staging-"  # a `make report` killed mid-write leaves one; the next one removes it
-OUTPUT_FOLDERS = ("figures", "tables")
-
-
-class ReportWriteError(Exception):
-    """An output could not be written; str(e) is the one line printed for it."""
-
-
-class Staging:
-    """The report's files, written into a hidden folder inside the experiment folder (same disk, so
-    moving them is a rename) and moved into place together once every one of them is complete."""
-
-    def __init__(self, root: Path):
-        self.root, self.files, self.current = root, [], root
-        try:
-            self.dir = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=root))
-        except OSError as e:
-            raise _write_failed(root, e) from None
-
-    def path(self, relative: str) -> Path:
-        """Where to write the output `relative` (e.g. tables/inventory.csv) for now."""
-        self.current = self.root / relative
-        staged = self.dir / relative
-        staged.parent.mkdir(parents=True, exist_ok=True)
-        self.files.append(relative)
-        return staged
-
-    def commit(self, stale: list[Path]) -> None:
-        for relative in self.files:  # folders first: a file in the way fails before anything moved
-            self.current = self.root / relative
-            self.current.parent.mkdir(parents=True, exist_ok=True)
-        for relative in self.files:  # renames within one disk: no space needed, each one atomic
-            self.current = self.root / relative
-            os.replace(self.dir / relative, self.current)
-        for path in stale:  # a figure skipped now must not linger from an older run
-            self.current = path
-            path.unlink(missing_ok=True)
-
-    def discard(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def _write_failed(path: Path, e: OSError) -> ReportWriteError:
-    code = errno.errorcode.get(e.errno, "") if e.errno else ""
-    return ReportWriteError(f"cannot write {path} ({code + ': ' if code else ''}{e.strerror or e}); free disk "
-                            f"space or make the folder writable, then rerun; the previous report is unchanged")
-
-
-def remove_leftovers(root: Path) -> None:
-    """Hidden files a killed report left: staging folders, and the temp files of older versions."""
-    for stage in root.glob(f"{STAGE_PREFIX}*"):
-        shutil.rmtree(stage, ignore_errors=True)
-    olds = [*root.glob(".report.md.*"), *root.glob(".report.html.*"),  # atomic_write's temp names
-            *(p for ext in ("png", "svg", "csv") for folder in OUTPUT_FOLDERS
-              for p in (root / folder).glob(f".*.{ext}.*"))]
-    for tmp in olds:
-        with suppress(OSError):  # cleaning up is best effort; the writes that follow say what fails
-            tmp.unlink()
-
-
-def _write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
-
-
 def write_report(results: Results, figures_only: bool = False) -> tuple[list[Path], str | None]:
     """Write everything, or (ReportWriteError) nothing: the files already there stay as they were.
     Returns the files written and the degradation verdict (None for figures only)."""
@@ -288,14 +220,14 @@ def write_report(results: Results, figures_only: bool = False) -> tuple[list[Pat
                 stale, status = _stage_report(results, stage, figures_only)
                 stage.commit(stale)
             except OSError as e:
-                raise _write_failed(stage.current, e) from None
+                raise write_failed(stage.current, e) from None
             finally:
                 stage.discard()
     except Timeout:
         raise ReportWriteError(f"another report of {root} is being written right now; wait for it to finish, "
                                f"then rerun") from None
     except OSError as e:  # the lock file: a read-only or full experiment folder
-        raise _write_failed(root / ".report.lock", e) from None
+        raise write_failed(root / ".report.lock", e) from None
     return [root / relative for relative in stage.files if relative.endswith((".png", ".csv", ".md", ".html"))], status
 
 
@@ -317,7 +249,7 @@ def _stage_report(results: Results, stage: Staging, figures_only: bool) -> tuple
         return stale, None
     all_tables, v = tables.all_tables(results)
     for name, frame in all_tables.items():
-        _write_text(stage.path(f"tables/{name}.csv"),
+        write_text(stage.path(f"tables/{name}.csv"),
                     frame.to_csv(index=False, lineterminator="\n", float_format="%.10g"))
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     now = datetime.fromtimestamp(int(epoch), timezone.utc) if epoch else datetime.now(timezone.utc)
@@ -326,7 +258,7 @@ def _stage_report(results: Results, stage: Staging, figures_only: bool) -> tuple
     title = f"Plain vs residual networks: {experiment_name(results.root)}"
     for name, text in (("report.md", render.to_markdown(blocks)),
                        ("report.html", render.to_html(blocks, title))):
-        _write_text(stage.path(name), text)
+        write_text(stage.path(name), text)
     return stale, v["status"]
 
 

@@ -13,6 +13,8 @@ Per model and precision, at batch 128, on the same model, data and device:
 The pipelines run in turn (suite, conventional, bound, suite, ...) after a warm-up; medians over repeats.
 `depth_scaling` times the suite loop on resnets of several depths: cost should be linear in depth.
 sweep.py's planner reads rows[*].{device, macs, suite_images_per_s} from the JSON: keep those names.
+One file on purpose (~360 lines): the three pipelines are timed by the same code on the same data, which
+is what makes their ratio fair; the trainer's public surface is all it borrows.
 """
 from __future__ import annotations
 

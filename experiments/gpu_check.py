@@ -17,6 +17,8 @@ what it measured); each section is `ok`, `failed` (with the error) or `skipped` 
 
 On a CPU the CUDA parts are skipped, each named; the rest runs small. `--quick` shrinks everything
 (the test suite runs it). Exit 1 if a section failed.
+One file on purpose (~370 lines): one command whose sections share a context and write one JSON, read
+top to bottom in the order they run.
 """
 from __future__ import annotations
 
