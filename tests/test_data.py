@@ -108,8 +108,8 @@ def test_official_folder_and_tarball_load_identical_tensors(tmp_path, official, 
         assert d.train_images.dtype == torch.uint8 and d.train_labels.dtype == torch.int64
         assert torch.equal(d.train_images, torch.from_numpy(train[0])) and d.train_labels.tolist() == train[1].tolist()
         assert torch.equal(d.eval_images, torch.from_numpy(test[0])) and d.eval_labels.tolist() == test[1].tolist()
-        assert d.split == "test" and os.path.exists(d.cache_path)
-    assert len({d.cache_path for d in loads}) == 3  # keyed by source and fingerprint
+        assert d.split == "test" and os.path.exists(d.cache_files[0])
+    assert len({d.cache_files[0] for d in loads}) == 3  # keyed by source and fingerprint
 
 
 def test_official_archive_is_verified_and_extracted_without_network(tmp_path, official, monkeypatch, no_network):
@@ -188,7 +188,7 @@ def test_bad_folder_names_the_offending_entry_and_caches_nothing(tmp_path, folde
 
 def test_fake_is_deterministic_and_learnable(tmp_path):
     a, b = D.load_data(cfg(tmp_path, source="fake")), D.load_data(cfg(tmp_path, source="fake"))
-    assert torch.equal(a.train_images, b.train_images) and a.cache_path is None
+    assert torch.equal(a.train_images, b.train_images) and a.cache_files == ()
     assert (len(a.train_images), len(a.eval_images)) == (200, 50)
     # nearest class-mean colour already separates the classes: a net can learn them
     colour = lambda x: x.float().mean((1, 2))
@@ -280,16 +280,16 @@ def test_cache_is_hit_and_a_corrupt_cache_is_rebuilt(tmp_path, official, monkeyp
     assert torch.equal(first.train_images, second.train_images) and first.cache_files == second.cache_files
     monkeypatch.setattr(sources, "_decode_official", real_decode)
     for damage in ("truncate", "flip_byte"):
-        raw = bytearray(Path(first.cache_path).read_bytes())
+        raw = bytearray(Path(first.cache_files[0]).read_bytes())
         if damage == "truncate":
             raw = raw[: len(raw) // 3]
         else:
             raw[len(raw) // 2] ^= 0xFF  # inside the image payload: only the stored checksum catches it
-        Path(first.cache_path).write_bytes(bytes(raw))
+        Path(first.cache_files[0]).write_bytes(bytes(raw))
         capsys.readouterr()
         rebuilt = D.load_data(cfg(tmp_path))
         err = capsys.readouterr().err
-        assert err.startswith(f"warning: data cache {first.cache_path} is corrupt") and "rebuilding it" in err
+        assert err.startswith(f"warning: data cache {first.cache_files[0]} is corrupt") and "rebuilding it" in err
         assert torch.equal(rebuilt.train_images, first.train_images)
 
 
@@ -311,7 +311,7 @@ def test_a_cache_file_in_the_established_format_is_read_not_rebuilt(tmp_path, fo
         torch.save({"key": key, "images": images, "labels": labels, "digest": digest}, planted[-1])
     monkeypatch.setattr(sources, "_decode_folder", lambda *args: pytest.fail("decoded instead of reading the cache"))
     d = D.load_data(cfg(tmp_path, source="cifar10_folder", root=str(tarball)))
-    assert d.cache_files == tuple(planted) and d.cache_path == planted[0]
+    assert d.cache_files == tuple(planted)
     assert (len(d.train_images), len(d.eval_images)) == (30, 10) and (d.train_images == 7).all()
 
 

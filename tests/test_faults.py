@@ -855,7 +855,7 @@ def test_swapped_images_with_their_names_sizes_and_mtimes_kept_are_not_served_fr
     after = load_data(data_cfg)
     cat = before.train_labels == 3
     assert torch.equal(after.train_images[cat], before.train_images[cat].flip(0))  # the two cats swapped
-    assert after.cache_path != before.cache_path
+    assert after.cache_files[0] != before.cache_files[0]
 
 
 @SLOW

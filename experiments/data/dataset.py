@@ -35,8 +35,7 @@ class CifarData:
     std: torch.Tensor            # float32 broadcastable to (3, 32, 32); ones for pixel_mean
     source: str
     split: str                   # what the eval images are: "test" or "val"
-    cache_path: str | None       # the training split's cache file (None for fake)
-    cache_files: tuple[str, ...] = ()  # every cache file this load used (train, and test for split=test)
+    cache_files: tuple[str, ...] = ()  # every cache file this load used: train first, then test (none for fake)
 
 
 def validate_data_config(cfg) -> None:
@@ -149,4 +148,4 @@ def load_data(cfg) -> CifarData:
         train_images, train_labels = images[train_idx], labels[train_idx]
     mean, std = _normalisation(train_images, cfg.normalize)  # training portion only, never evaluation images
     return CifarData(train_images, train_labels, eval_images, eval_labels, mean, std, cfg.source, cfg.split,
-                     train_cache, cache_files)
+                     cache_files)
