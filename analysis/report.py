@@ -28,11 +28,12 @@ from analysis.staging import ReportWriteError, Staging, remove_leftovers, write_
 from analysis.style import data_label, is_fake, png_bytes, save
 
 
-def _ms(mean, std, n) -> str:
-    """'8.50 ± 0.50 (n=3)'; a single seed has no std, and no seed has no number."""
+def _ms(mean, std, n, signed: bool = False) -> str:
+    """'8.50 ± 0.50 (n=3)'; a single seed has no std, and no seed has no number. signed: a difference,
+    so '+4.44' reads as such beside '-1.76'."""
     if not n or not math.isfinite(mean):
         return "—"
-    return f"{mean:.2f}" + (f" ± {std:.2f}" if math.isfinite(std) else "") + f" (n={int(n)})"
+    return f"{mean:{'+' if signed else ''}.2f}" + (f" ± {std:.2f}" if math.isfinite(std) else "") + f" (n={int(n)})"
 
 
 def _num(x, fmt="{:.2f}") -> str:
@@ -113,7 +114,8 @@ def abc_pairs_view(t: pd.DataFrame) -> pd.DataFrame:
         "net": [f"{'ResNet' if a == 'resnet' else a}-{d}" for a, d in zip(t["arch"], t["depth"])],
         "difference": [f"{o} − A, final {m.replace('final_', '').replace('_err', '')} err"
                        for o, m in zip(t["option"], t["metric"])],
-        "mean ± std (points)": [_ms(m, s, n) for m, s, n in zip(t["mean_diff"], t["std_diff"], t["n_pairs"])],
+        "mean ± std (points)": [
+            _ms(m, s, n, signed=True) for m, s, n in zip(t["mean_diff"], t["std_diff"], t["n_pairs"])],
         "95 % CI": [stats.ci_text(lo, hi, n) for lo, hi, n in zip(t["ci95_low"], t["ci95_high"], t["n_pairs"])],
         "seeds resolve it": ["yes" if r else "no" for r in t["resolved"]]})
 
@@ -122,7 +124,7 @@ def verdicts_view(t: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "claim": t["claim"], "depths": [f"{a} → {b}" for a, b in zip(t["shallower"], t["deeper"])],
         "deeper − shallower, final train err (points)": [
-            _ms(m, s, n) for m, s, n in zip(t["mean_diff"], t["std_diff"], t["n_pairs"])],
+            _ms(m, s, n, signed=True) for m, s, n in zip(t["mean_diff"], t["std_diff"], t["n_pairs"])],
         "95 % CI": [stats.ci_text(lo, hi, n) for lo, hi, n in zip(t["ci95_low"], t["ci95_high"], t["n_pairs"])],
         "seeds agreeing": [f"{a} of {n}" for a, n in zip(t["seeds_agreeing"], t["n_pairs"])],
         "verdict": t["state"]})
