@@ -42,7 +42,7 @@ from hydra import compose, initialize_config_dir
 
 from experiments import bench
 from experiments import train as train_mod
-from experiments.contract import COMPLETED
+from experiments.contract import COMPLETED, read_metrics
 from experiments.device import available_cores, cpu_name, native_bf16, nvml_compute_capabilities
 from experiments.models import response_layers
 from experiments.probes import evaluate
@@ -107,7 +107,7 @@ def _run_here(results: Path, overrides: list[str]) -> tuple[dict, str]:
 
 def _rows(results: Path) -> list[dict]:
     path = next(results.glob("single/runs/*/seed=0/metrics.jsonl"))
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return read_metrics(path)
 
 
 def _compare(a: list[dict], b: list[dict]) -> dict:

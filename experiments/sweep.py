@@ -32,7 +32,7 @@ from experiments import CONF
 from experiments.data import DataError, DataUnavailable, prepare_source
 from experiments.device import available_cores, resolve_trainer
 from experiments.models import build_from_config, count_macs
-from experiments.contract import FORMAT_VERSION
+from experiments.contract import FORMAT_VERSION, read_jsonl
 from experiments.runfiles import WriteError, atomic_write_json, atomic_write_text, hydra_quote
 from experiments.sweep_status import planned_status, print_plan, report
 from experiments.train import SWEEP_ERRORS_ENV, folder_of
@@ -267,19 +267,12 @@ def launch(args, errors_file: str | None = None) -> int:
 
 
 def read_errors(path: str | None) -> dict[str, str]:
-    """run folder -> the user error its job reported (train.tell_sweep)."""
-    errors = {}
+    """run folder -> the user error its job reported (train.tell_sweep); unreadable lines are skipped."""
     try:
-        lines = Path(path).read_text().splitlines() if path else []
+        entries = [e for _, e in read_jsonl(Path(path))] if path else []
     except OSError:
-        return errors
-    for line in lines:
-        try:
-            entry = json.loads(line)
-            errors[entry["run"]] = entry["error"]
-        except (ValueError, KeyError, TypeError):
-            continue
-    return errors
+        return {}
+    return {e["run"]: e["error"] for e in entries if isinstance(e.get("run"), str) and "error" in e}
 
 
 def parse_args(argv=None):
