@@ -39,3 +39,20 @@ def metrics(folder: Path, drop_timing: bool = True) -> list[dict]:
 
 def summary(folder: Path) -> dict:
     return json.loads((folder / "summary.json").read_text())
+
+
+def png_tree(root: Path, train_per_class: int = 4, test_per_class: int = 2, seed: int = 0, **save) -> Path:
+    """A CIFAR-10 folder tree (<root>/<train|test>/<class>/<i>.png) of random 32x32 images, as the folder
+    source reads one; `save` goes to PIL (compress_level=0: every file the same size)."""
+    import numpy as np
+    from PIL import Image
+
+    from experiments.data import CLASSES
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", train_per_class), ("test", test_per_class)):
+        for name in CLASSES:
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                image = Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+                image.save(root / split / name / f"{i}.png", **save)
+    return root

@@ -21,7 +21,6 @@ import subprocess
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
-import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from PIL import Image
@@ -30,8 +29,8 @@ from analysis import report as report_mod
 from experiments import sweep as sweep_mod
 from experiments import train as train_mod
 from experiments.checks import ConfigError
-from experiments.data import CLASSES, DataError
-from tests.helpers import REPO, TINY, cli
+from experiments.data import DataError
+from tests.helpers import REPO, TINY, cli, png_tree
 
 CASES = [
     # -- model
@@ -107,25 +106,15 @@ SUBPROCESS = {"depth-21", "model-group-unknown", "key-typo", "data-wrong-class-n
 HYDRA_OWN = {"model-group-unknown", "key-typo"}  # Hydra's multi-line errors: the first line must be clear
 
 
-def _tree(root: Path, train_per_class: int = 4, test_per_class: int = 2) -> Path:
-    rng = np.random.default_rng(0)
-    for split, n in (("train", train_per_class), ("test", test_per_class)):
-        for name in CLASSES:
-            (root / split / name).mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / split / name / f"{i}.png")
-    return root
-
-
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict:
     """The damaged inputs, built once, outside each case's tmp dir (whose contents must not change)."""
     base = tmp_path_factory.mktemp("inputs")
-    wrong = _tree(base / "wrong_classes")
+    wrong = png_tree(base / "wrong_classes")
     (wrong / "train" / "cat").rename(wrong / "train" / "kitten")
-    big = _tree(base / "big_image")
+    big = png_tree(base / "big_image")
     Image.new("RGB", (64, 64)).save(big / "train" / "cat" / "9.png")
-    empty_test = _tree(base / "empty_test_class")
+    empty_test = png_tree(base / "empty_test_class")
     for image in (empty_test / "test" / "cat").iterdir():
         image.unlink()
     future = base / "future"

@@ -40,7 +40,7 @@ from experiments.checks import ConfigError
 from experiments.contract import read_json
 from experiments.runfiles import WriteError
 from experiments.stopping import Interrupted
-from tests.helpers import REPO, TINY, cli, metrics, run_folder, summary, tiny_cfg
+from tests.helpers import REPO, TINY, cli, metrics, png_tree, run_folder, summary, tiny_cfg
 
 SMOKE_RUNS = ("plain-8-none", "resnet-8-A")
 POINTS = (10, 20, 30, 40)  # every tiny-recipe run (smoke sweep or single) evaluates and checkpoints here
@@ -389,17 +389,7 @@ def test_metrics_damaged_before_the_checkpoint_are_named_and_the_run_retrained(d
 
 
 def _tree(root: Path) -> Path:
-    import numpy as np
-    from PIL import Image
-
-    from experiments.data import CLASSES
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 8), ("test", 2)):
-        for name in CLASSES:
-            (root / split / name).mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / split / name / f"{i}.png")
-    return root
+    return png_tree(root, train_per_class=8)
 
 
 @pytest.mark.parametrize("damage", [pytest.param(_truncate, marks=SLOW), "flip"], ids=["truncated", "flipped-byte"])
@@ -823,17 +813,7 @@ def test_paths_with_spaces_commas_and_non_ascii_letters_simply_work(tmp_path, sm
 
 def _uncompressed_tree(root: Path) -> Path:
     """PNGs saved without compression: every image file has the same size."""
-    import numpy as np
-    from PIL import Image
-
-    from experiments.data import CLASSES
-    rng = np.random.default_rng(1)
-    for split, n in (("train", 2), ("test", 1)):
-        for name in CLASSES:
-            (root / split / name).mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
-                    root / split / name / f"{i}.png", compress_level=0)
+    return png_tree(root, train_per_class=2, test_per_class=1, seed=1, compress_level=0)
     return root
 
 
