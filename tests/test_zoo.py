@@ -264,9 +264,10 @@ def test_new_experiments_expand_to_exactly_their_runs(exp, runs):
     assert sorted(folders) == runs
 
 
-# The tiny recipe cut to three iterations (the ImageNet-style nets are the suite's heaviest; three steps
-# show the trainer runs them end to end).
-THREE = ["schedule.iterations=3", "trainer.eval_every=3", "trainer.ckpt_every=3"]
+# The tiny recipe cut to three iterations of 8 images, evaluated on 16: the ImageNet-style nets are the
+# suite's heaviest (11M parameters), and three small steps show the trainer runs them end to end.
+THREE = ["schedule.iterations=3", "trainer.eval_every=3", "trainer.ckpt_every=3", "optim.batch_size=8",
+         "data.num_eval=16", "trainer.eval_batch_size=16"]
 
 
 @pytest.mark.parametrize("overrides,folder,expect", [
