@@ -12,7 +12,7 @@ import pandas as pd
 
 from analysis import paper, stats, style
 from analysis.collect import COMPLETED, Results
-from analysis.tables import main_shortcut
+from analysis.tables import CLAIMS, main_shortcut
 
 EXPLANATION = (
     "Degradation (He et al. 2016, Sec. 4.2 and Fig. 6) is the observation that a deeper plain "
@@ -53,7 +53,7 @@ def _claim_words(v: dict, arch: str) -> str:
     """'yes in 2 of 2 paired seeds: plain-56 − plain-20 = +34.10 ± 1.20 points, 95 % CI [...], n=2'."""
     c, p = v[arch], v[arch]["paired"]
     option = "" if arch == "plain" else f", option {v['shortcut']}"
-    diff = (f"{net_name(arch, v['deep'])} − {net_name(arch, v['shallow'])}{option}: final training error "
+    diff = (f"{net_name(arch, c['deep'])} − {net_name(arch, c['shallow'])}{option}: final training error "
             f"{stats.interval_text(p)}")
     state = {
         "shown": f"yes, in {p.n} of {p.n} paired seeds (resolved at 95 %)",
@@ -90,9 +90,10 @@ def headline(results: Results, v: dict, pairs: pd.DataFrame | None = None) -> st
     plain and residual nets were both trained; the A/B/C ablation when that is what ran."""
     where = f"{style.data_label(results.runs)}, {budget_phrase(results)}"
     if v["status"] == "undetermined":
+        halves = " ".join(_half_so_far(v, arch) for arch in CLAIMS) if set(CLAIMS) & set(v) else ""
         if pairs is not None and not pairs.empty:
-            return abc_headline(results, pairs)
-        return f"Degradation undetermined ({where}): {v['reason']}."
+            return abc_headline(results, pairs) + (f" Fig. 6's halves ({where}): {halves}" if halves else "")
+        return f"Degradation undetermined ({where}): {v['reason']}." + (f" So far: {halves}" if halves else "")
     name = {"reproduced": "Degradation reproduced", "half-shown": "Degradation half-shown",
             "suggested by one seed": "Degradation suggested by one seed only",
             "not reproduced": "Degradation not reproduced"}[v["status"]]
@@ -109,15 +110,23 @@ def headline(results: Results, v: dict, pairs: pd.DataFrame | None = None) -> st
     return text
 
 
+def _half_so_far(v: dict, arch: str) -> str:
+    """One half of an undetermined verdict: what its completed runs show, or that none are in yet."""
+    if arch in v:
+        return f"{_claim_words(v, arch)}."
+    claim, kind = CLAIMS[arch][0], "plain" if arch == "plain" else "residual"
+    return f"{claim[0].upper()}{claim[1:]}: no completed {kind} runs at two depths."
+
+
 def degradation_details(v: dict) -> list[str]:
     """What stands behind the headline's verdict: the mean errors of each half and the method."""
-    if v["status"] == "undetermined":
+    if not set(CLAIMS) & set(v):
         return []
     out = []
-    for arch in ("plain", "resnet"):
+    for arch in (a for a in CLAIMS if a in v):
         c = v[arch]
-        out.append(f"Mean final training error: {net_name(arch, v['shallow'])} {pct(c['shallow_err'])}, "
-                   f"{net_name(arch, v['deep'])} {pct(c['deep_err'])}"
+        out.append(f"Mean final training error: {net_name(arch, c['shallow'])} {pct(c['shallow_err'])}, "
+                   f"{net_name(arch, c['deep'])} {pct(c['deep_err'])}"
                    + ("" if arch == "plain" else f" (option {v['shortcut']})") + ".")
     out.append("A claim holds when every paired seed shows it (n >= 2); 'reproduced' needs both halves; "
                "the 95 % interval is Student's t on the paired differences (tables/verdicts.csv).")

@@ -159,22 +159,31 @@ HOLDS = ("shown", "consistent")
 
 def verdict(results: Results, table: pd.DataFrame | None = None) -> dict:
     """Both halves of Fig. 6 from paired seeds. "reproduced" only when both hold in every paired
-    seed (n >= 2); "half-shown" when only the plain half does. `table`: degradation(results), when
-    the caller has it already."""
+    seed (n >= 2); "half-shown" when only the plain half does. Without two depths common to both
+    architectures the status is "undetermined", but each half an architecture's own depths allow is
+    still computed (a partial sweep's report says what its finished runs show). `table`:
+    degradation(results), when the caller has it already."""
     table = degradation(results) if table is None else table
     both = table[(table["plain_n"] > 0) & (table["resnet_n"] > 0)]
-    if len(both) < 2:
-        return {"status": "undetermined",
-                "reason": "needs completed plain and residual runs at two or more common depths"}
-    shallow, deep = int(both["depth"].iloc[0]), int(both["depth"].iloc[-1])
+    common = len(both) >= 2
     shortcut = main_shortcut(results.runs)
-    out = {"shallow": shallow, "deep": deep, "shortcut": shortcut}
+    out = {"shortcut": shortcut}
     for arch, (claim, sign) in CLAIMS.items():
+        measured = both if common else table[table[f"{arch}_n"] > 0]
+        if len(measured) < 2:
+            continue
+        shallow, deep = int(measured["depth"].iloc[0]), int(measured["depth"].iloc[-1])
         option = "none" if arch == "plain" else shortcut
         p = stats.paired(results.runs, (arch, option, shallow), (arch, option, deep), "final_train_err")
         out[arch] = {"claim": claim, "sign": sign, "paired": p, "state": claim_state(p, sign),
+                     "shallow": shallow, "deep": deep,
                      "shallow_err": table.set_index("depth").at[shallow, f"{arch}_train_err_mean"],
                      "deep_err": table.set_index("depth").at[deep, f"{arch}_train_err_mean"]}
+    if not common:
+        out["status"], out["reason"] = ("undetermined",
+                                        "needs completed plain and residual runs at two or more common depths")
+        return out
+    out["shallow"], out["deep"] = out["plain"]["shallow"], out["plain"]["deep"]
     plain, resnet = out["plain"]["state"], out["resnet"]["state"]
     if "no data" in (plain, resnet):
         out["status"], out["reason"] = "undetermined", "no seed completed both depths of one architecture"
@@ -192,11 +201,11 @@ def verdict(results: Results, table: pd.DataFrame | None = None) -> dict:
 def verdict_table(v: dict) -> pd.DataFrame:
     """tables/verdicts.csv: one row per claim, the paired difference deep − shallow."""
     rows = []
-    for arch in CLAIMS if "plain" in v else ():
+    for arch in (a for a in CLAIMS if a in v):
         c, p = v[arch], v[arch]["paired"]
         low, high = p.interval
         rows.append({"claim": c["claim"], "arch": arch, "shortcut": "none" if arch == "plain" else v["shortcut"],
-                     "shallower": v["shallow"], "deeper": v["deep"], "metric": "final_train_err",
+                     "shallower": c["shallow"], "deeper": c["deep"], "metric": "final_train_err",
                      "n_pairs": p.n, "seeds": " ".join(map(str, p.seeds)), "mean_diff": p.mean,
                      "std_diff": p.std, "ci95_low": low, "ci95_high": high,
                      "seeds_agreeing": p.agreeing(c["sign"]), "state": c["state"]})

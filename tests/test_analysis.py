@@ -256,6 +256,23 @@ def test_verdict_is_undetermined_without_two_common_depths(tmp_path):
     assert tables.verdict(collect(tmp_path))["status"] == "undetermined"
 
 
+def test_a_partial_sweep_states_the_half_its_runs_show(tmp_path):
+    # degradation_16k trains each seed's ResNets first: until its plain nets land, the headline
+    # is undetermined but says what the two ResNets show, and that the plain half has no runs yet
+    for depth, err in ((20, 8.1), (56, 6.9)):
+        write_run(tmp_path, "resnet", depth, train_err=err, probes=False, iterations=800)
+    results = collect(tmp_path)
+    v = tables.verdict(results)
+    assert v["status"] == "undetermined" and "plain" not in v
+    text = findings.headline(results, v)
+    assert text.startswith("Degradation undetermined")
+    assert "Deeper plain nets train worse: no completed plain runs at two depths." in text
+    assert "Deeper residual nets train better: suggested by a single seed" in text
+    assert "ResNet-56 − ResNet-20, option A: final training error -1.20 points, n=1" in text
+    row, = tables.verdict_table(v).itertuples()
+    assert (row.arch, row.shallower, row.deeper, row.state) == ("resnet", 20, 56, "one seed")
+
+
 # ---------------------------------------------------------------- figures
 
 def test_figures_draw_one_series_per_net_and_run(sweep):
