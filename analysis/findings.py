@@ -58,7 +58,7 @@ def _claim_words(v: dict, arch: str) -> str:
     state = {
         "shown": f"yes, in {p.n} of {p.n} paired seeds (resolved at 95 %)",
         "consistent": f"yes in {p.n} of {p.n} paired seeds, but their 95 % interval includes zero",
-        "one seed": "suggested by a single seed (spread unknown)",
+        "one seed": "suggested by a single seed",  # the interval text says the spread is unknown
         "mixed": f"not settled: {p.agreeing(c['sign'])} of {p.n} paired seeds agree",
         "not shown": "no",
         "no data": "no paired seeds",
