@@ -167,7 +167,7 @@ def verdict(results: Results, table: pd.DataFrame | None = None) -> dict:
     both = table[(table["plain_n"] > 0) & (table["resnet_n"] > 0)]
     common = len(both) >= 2
     shortcut = main_shortcut(results.runs)
-    out = {"shortcut": shortcut}
+    out, by_depth = {"shortcut": shortcut}, table.set_index("depth")
     for arch, (claim, sign) in CLAIMS.items():
         measured = both if common else table[table[f"{arch}_n"] > 0]
         if len(measured) < 2:
@@ -177,8 +177,8 @@ def verdict(results: Results, table: pd.DataFrame | None = None) -> dict:
         p = stats.paired(results.runs, (arch, option, shallow), (arch, option, deep), "final_train_err")
         out[arch] = {"claim": claim, "sign": sign, "paired": p, "state": claim_state(p, sign),
                      "shallow": shallow, "deep": deep,
-                     "shallow_err": table.set_index("depth").at[shallow, f"{arch}_train_err_mean"],
-                     "deep_err": table.set_index("depth").at[deep, f"{arch}_train_err_mean"]}
+                     "shallow_err": by_depth.at[shallow, f"{arch}_train_err_mean"],
+                     "deep_err": by_depth.at[deep, f"{arch}_train_err_mean"]}
     if not common:
         out["status"], out["reason"] = ("undetermined",
                                         "needs completed plain and residual runs at two or more common depths")
