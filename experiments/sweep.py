@@ -34,7 +34,8 @@ from experiments.device import available_cores, resolve_trainer
 from experiments.models import build_from_config, count_macs
 from experiments.contract import FORMAT_VERSION, read_jsonl
 from experiments.runfiles import WriteError, atomic_write_json, atomic_write_text, hydra_quote
-from experiments.sweep_status import planned_status, print_plan, report
+from experiments.resume_guard import recorded_precision
+from experiments.sweep_status import TO_DO, planned_status, print_plan, report
 from experiments.train import SWEEP_ERRORS_ENV, folder_of
 
 LAUNCHERS = ("basic", "joblib", "slurm", "local")  # Hydra launcher configs: built-in basic, joblib, conf/hydra/launcher/*
@@ -52,7 +53,7 @@ class PlannedRun:
     iterations: int
     images: int
     macs: int
-    precision: str  # what the run will compute in on this machine (for the time estimate)
+    precision: str  # what the run computed in (finished), resumes in (partial) or will compute in here
     data: dict      # the run's data node, checked once per distinct source before any run starts
     device: str     # the device type it will train on here: cuda, mps or cpu
 
@@ -168,9 +169,12 @@ def _plan(args) -> list[PlannedRun]:
             except ConfigError as e:
                 raise SweepError(f"run {cfg.model.arch}-{cfg.model.depth} seed={cfg.seed}: {e}") from None
             m, folder = cfg.model, folder_of(cfg)
-            where = resolve_trainer(cfg.trainer, planning=True)
-            runs.append(PlannedRun(overrides, folder, planned_status(folder), cfg.schedule.iterations,
-                                   cfg.schedule.iterations * cfg.optim.batch_size, _macs(m), where.precision,
+            where, status = resolve_trainer(cfg.trainer, planning=True), planned_status(folder)
+            # a run with a checkpoint or a result computed (and resumes) in the precision it recorded
+            recorded = recorded_precision(folder / "config.yaml") if status != TO_DO else None
+            runs.append(PlannedRun(overrides, folder, status, cfg.schedule.iterations,
+                                   cfg.schedule.iterations * cfg.optim.batch_size, _macs(m),
+                                   recorded or where.precision,
                                    OmegaConf.to_container(cfg.data, resolve=True), where.device.type))
     return runs
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from experiments.device import available_cores, cpu_name, nvml_gpu_name
+from experiments.device import available_cores, cpu_name, cpu_supports_bf16, nvml_gpu_name
 from experiments.contract import (
     COMPLETED, CORRUPT, DAMAGED, FINISHED, MISSING, FormatError, lost_curve, read_json, read_metrics,
 )
@@ -67,12 +67,15 @@ def bench_files(results: str) -> list[Path]:
 
 
 def this_device(device: str) -> dict:
-    """What a benchmark must have run on to calibrate runs on `device` here: device type, name, CPU threads."""
+    """What a benchmark must have run on to calibrate runs on `device` here: device type, name; for a CPU
+    also its threads and whether it has native bf16. The name alone does not tell CPUs apart: this project's
+    VM has been an "AMD EPYC" with AVX512-BF16 and one with AVX2 only, 4.5x apart even in fp32."""
     if device == "cuda":  # named through NVML: the planner never starts CUDA (issue 17)
         return {"device": "cuda", "device_name": nvml_gpu_name()}
     if device == "mps":
         return {"device": "mps", "device_name": "Apple MPS"}  # as `make bench` names it
-    return {"device": "cpu", "device_name": cpu_name(), "threads": available_cores()}
+    return {"device": "cpu", "device_name": cpu_name(), "threads": available_cores(),
+            "native_bf16": cpu_supports_bf16()}
 
 
 def calibration(results: str, device: str) -> tuple[dict, Path | None]:
@@ -119,6 +122,24 @@ def print_plan(runs: list[PlannedRun], args, seeds_from_args: str | None = None)
            else " (rough: no benchmark of this device; run `make bench`)")
     print(f"estimated time on {' and '.join(devices)} (one job at a time): "
           f"{'unknown' if unknown else duration(total)}{how}")
+    note = precision_note(runs, todo)
+    if note:
+        print(note)
+
+
+def precision_note(runs: list[PlannedRun], todo: list[PlannedRun]) -> str | None:
+    """A sweep finished elsewhere: `fast`/`auto` resolve per machine, so the runs still to train may compute
+    in another precision than the finished ones, and every comparison across them would mix the two."""
+    done = sorted({r.precision for r in runs if r not in todo})
+    coming = sorted({r.precision for r in todo})
+    if not done or not coming or len({*done, *coming}) == 1:
+        return None
+    finished = len(runs) - len(todo)
+    return (f"note: {finished} finished run{'s' * (finished != 1)} computed in {' and '.join(done)}, {len(todo)} "
+            f"to train will compute in {' and '.join(coming)} here, so comparisons across them mix precisions "
+            f"(the report's recipe counts the runs of each); to keep one, train them on a machine like the "
+            f"first, or set it with ARGS=trainer.precision={done[0]}"
+            + (" (where bf16 is not native, emulated and far slower than fp32)" if done[0] == "bf16" else ""))
 
 
 def _shown(path: Path) -> str:

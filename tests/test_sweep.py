@@ -217,6 +217,28 @@ def test_estimates_use_a_matching_benchmark_beside_results(tmp_path, capsys):
     # a benchmark of another machine is never used
     (tmp_path / "bench" / "latest.json").write_text(json.dumps({**bench, "device_name": "Some Other CPU"}))
     assert sweep_status.calibration(str(tmp_path), "cpu")[1] != (tmp_path / "bench" / "latest.json").resolve()
+    # nor one of a CPU of the same name with (or without) native bf16: the project's VM has been both, 4.5x apart
+    (tmp_path / "bench" / "latest.json").write_text(json.dumps({**bench, "native_bf16": not bench["native_bf16"]}))
+    assert sweep_status.calibration(str(tmp_path), "cpu")[1] != (tmp_path / "bench" / "latest.json").resolve()
+
+
+def test_a_sweep_resumed_on_another_kind_of_machine_says_its_precisions_would_mix(tmp_path, capsys):
+    # The first run finished in bf16 elsewhere; smoke's runs compute in fp32 here.
+    args = sweep.parse_args(["--exp", "smoke", "--results", str(tmp_path)])
+    folder = sweep.plan(args)[0].folder
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text("trainer:\n  precision_used: bf16\n")
+    (folder / "summary.json").write_text(json.dumps({"status": "completed"}))
+    runs = sweep.plan(args)
+    assert [(r.status, r.precision) for r in runs] == [("completed", "bf16"), ("to do", "fp32")]
+    sweep_status.print_plan(runs, args)
+    out = capsys.readouterr().out
+    assert "1 finished run computed in bf16, 1 to train will compute in fp32 here" in out
+    assert "ARGS=trainer.precision=bf16" in out
+    # one precision throughout: no note
+    (folder / "config.yaml").write_text("trainer:\n  precision_used: fp32\n")
+    sweep_status.print_plan(sweep.plan(args), args)
+    assert "mix precisions" not in capsys.readouterr().out
 
 
 def test_the_planner_resolves_each_runs_device_and_precision_as_the_run_will(monkeypatch, capsys):
@@ -239,8 +261,9 @@ def test_the_planner_resolves_each_runs_device_and_precision_as_the_run_will(mon
 
 def test_degradation_estimate_agrees_with_the_readme(tmp_path, capsys, monkeypatch):
     # On the machine of the committed benchmark, the dry run and README quote the same hours.
-    bench = json.loads(next((REPO / "results" / "reference" / "bench").glob("cpu-*.json")).read_text())
-    monkeypatch.setattr(sweep_status, "this_device", lambda _: {k: bench[k] for k in ("device", "device_name", "threads")})
+    bench = json.loads((REPO / "results" / "reference" / "bench" / "cpu-2core-epyc.json").read_text())
+    monkeypatch.setattr(sweep_status, "this_device",
+                        lambda _: {k: bench[k] for k in ("device", "device_name", "threads", "native_bf16")})
     monkeypatch.setattr(device_mod, "detect_device_type", lambda: "cpu")
     assert sweep.main(["--exp", "degradation", "--results", str(tmp_path), "--dry-run"]) == 0
     hours = re.search(r"one job at a time\): ~([\d.]+) h \(calibrated by", capsys.readouterr().out)
