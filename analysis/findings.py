@@ -90,7 +90,7 @@ def headline(results: Results, v: dict, pairs: pd.DataFrame | None = None) -> st
     plain and residual nets were both trained; the A/B/C ablation when that is what ran."""
     where = f"{style.data_label(results.runs)}, {budget_phrase(results)}"
     if v["status"] == "undetermined":
-        halves = " ".join(_half_so_far(v, arch) for arch in CLAIMS) if set(CLAIMS) & set(v) else ""
+        halves = " ".join(_half_so_far(v, arch) for arch in CLAIMS) if shown_halves(v) else ""
         if pairs is not None and not pairs.empty:
             return abc_headline(results, pairs) + (f" Fig. 6's halves ({where}): {halves}" if halves else "")
         return f"Degradation undetermined ({where}): {v['reason']}." + (f" So far: {halves}" if halves else "")
@@ -110,6 +110,11 @@ def headline(results: Results, v: dict, pairs: pd.DataFrame | None = None) -> st
     return text
 
 
+def shown_halves(v: dict) -> list[str]:
+    """The halves of Fig. 6 (plain, resnet) a verdict has numbers for: those with completed runs at two depths."""
+    return [arch for arch in CLAIMS if arch in v]
+
+
 def _half_so_far(v: dict, arch: str) -> str:
     """One half of an undetermined verdict: what its completed runs show, or that none are in yet."""
     if arch in v:
@@ -120,14 +125,14 @@ def _half_so_far(v: dict, arch: str) -> str:
 
 def degradation_details(v: dict) -> list[str]:
     """What stands behind the headline's verdict: the mean errors of each half and the method."""
-    if not set(CLAIMS) & set(v):
-        return []
     out = []
-    for arch in (a for a in CLAIMS if a in v):
+    for arch in shown_halves(v):
         c = v[arch]
         out.append(f"Mean final training error: {net_name(arch, c['shallow'])} {pct(c['shallow_err'])}, "
                    f"{net_name(arch, c['deep'])} {pct(c['deep_err'])}"
                    + ("" if arch == "plain" else f" (option {v['shortcut']})") + ".")
+    if not out:
+        return []
     out.append("A claim holds when every paired seed shows it (n >= 2); 'reproduced' needs both halves; "
                "the 95 % interval is Student's t on the paired differences (tables/verdicts.csv).")
     return out
