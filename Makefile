@@ -39,11 +39,15 @@ help:  ## list the targets and variables
 
 setup: .venv/.installed  ## create .venv and install the suite with its test extras (fast when done)
 
+# The tests spend most of their time in one thread each (tiny nets, subprocesses that start torch): a worker
+# per core halves the wall time on 2 cores; at most 4, since each worker holds its own torch (~0.5 GB).
+PYTEST_WORKERS := -n auto --maxprocesses=4
+
 test: setup  ## the fast test suite (what CI runs)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_WORKERS)
 
 test-all: setup  ## every test, the slow ones included
-	$(PY) -m pytest -q -m ''
+	$(PY) -m pytest -q -m '' $(PYTEST_WORKERS)
 
 sweep: setup  ## train an experiment: make sweep [EXP=quick] [SEEDS=n] [DATA=... DATA_ROOT=...] [RESULTS=...] [LAUNCHER=...] [JOBS=n] [DRY=1] [ARGS=...]
 	$(PY) -m experiments.sweep --exp $(EXP) --seeds $(SEEDS) --launcher $(LAUNCHER) --jobs $(JOBS) \
