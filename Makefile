@@ -40,7 +40,7 @@ help:  ## list the targets and variables
 setup: .venv/.installed  ## create .venv and install the suite with its test extras (fast when done)
 
 # The tests spend most of their time in one thread each (tiny nets, subprocesses that start torch): a worker
-# per core halves the wall time on 2 cores; at most 4, since each worker holds its own torch (~0.5 GB).
+# per core halves the wall time on 2 cores; at most 4, since each worker imports its own torch.
 PYTEST_WORKERS := -n auto --maxprocesses=4
 
 test: setup  ## the fast test suite (what CI runs)

@@ -125,14 +125,15 @@ def _half_so_far(v: dict, arch: str) -> str:
 
 def degradation_details(v: dict) -> list[str]:
     """What stands behind the headline's verdict: the mean errors of each half and the method."""
+    halves = shown_halves(v)
+    if not halves:
+        return []
     out = []
-    for arch in shown_halves(v):
+    for arch in halves:
         c = v[arch]
         out.append(f"Mean final training error: {net_name(arch, c['shallow'])} {pct(c['shallow_err'])}, "
                    f"{net_name(arch, c['deep'])} {pct(c['deep_err'])}"
                    + ("" if arch == "plain" else f" (option {v['shortcut']})") + ".")
-    if not out:
-        return []
     out.append("A claim holds when every paired seed shows it (n >= 2); 'reproduced' needs both halves; "
                "the 95 % interval is Student's t on the paired differences (tables/verdicts.csv).")
     return out

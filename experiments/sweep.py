@@ -170,7 +170,7 @@ def _plan(args) -> list[PlannedRun]:
                 raise SweepError(f"run {cfg.model.arch}-{cfg.model.depth} seed={cfg.seed}: {e}") from None
             m, folder = cfg.model, folder_of(cfg)
             where, status = resolve_trainer(cfg.trainer, planning=True), planned_status(folder)
-            # a run with a checkpoint or a result computed (and resumes) in the precision it recorded
+            # a finished run computed, and a partial one resumes, in the precision it recorded
             recorded = recorded_precision(folder / "config.yaml") if status != TO_DO else None
             runs.append(PlannedRun(overrides, folder, status, cfg.schedule.iterations,
                                    cfg.schedule.iterations * cfg.optim.batch_size, _macs(m),

@@ -122,20 +122,21 @@ def print_plan(runs: list[PlannedRun], args, seeds_from_args: str | None = None)
            else " (rough: no benchmark of this device; run `make bench`)")
     print(f"estimated time on {' and '.join(devices)} (one job at a time): "
           f"{'unknown' if unknown else duration(total)}{how}")
-    note = precision_note(runs, todo)
+    note = precision_note(runs)
     if note:
         print(note)
 
 
-def precision_note(runs: list[PlannedRun], todo: list[PlannedRun]) -> str | None:
+def precision_note(runs: list[PlannedRun]) -> str | None:
     """A sweep finished elsewhere: `fast`/`auto` resolve per machine, so the runs still to train may compute
     in another precision than the finished ones, and every comparison across them would mix the two."""
-    done = sorted({r.precision for r in runs if r not in todo})
-    coming = sorted({r.precision for r in todo})
+    finished = [r for r in runs if r.status in FINISHED]
+    todo = [r for r in runs if r.status not in FINISHED]
+    done, coming = sorted({r.precision for r in finished}), sorted({r.precision for r in todo})
     if not done or not coming or len({*done, *coming}) == 1:
         return None
-    finished = len(runs) - len(todo)
-    return (f"note: {finished} finished run{'s' * (finished != 1)} computed in {' and '.join(done)}, {len(todo)} "
+    n = len(finished)
+    return (f"note: {n} finished run{'s' * (n != 1)} computed in {' and '.join(done)}, {len(todo)} "
             f"to train will compute in {' and '.join(coming)} here, so comparisons across them mix precisions "
             f"(the report's recipe counts the runs of each); to keep one, train them on a machine like the "
             f"first, or set it with ARGS=trainer.precision={done[0]}"

@@ -27,6 +27,7 @@ from experiments.schedule import RunningError
 from tests.helpers import REPO, TINY, cli, metrics, run_folder, summary, tiny_cfg
 
 PINNED = json.loads((REPO / "tests" / "data" / "tiny_metrics_pinned.json").read_text())["machines"]
+QUIET = "trainer.progress=false"
 
 
 def pinned_here() -> dict | None:
@@ -36,7 +37,6 @@ def pinned_here() -> dict | None:
     here = {"torch_version": torch.__version__, "cpu": cpu_name(), "native_bf16": cpu_supports_bf16(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     return next((m for m in PINNED if all(m[k] == here[k] for k in m if k != "runs")), None)
-QUIET = "trainer.progress=false"
 
 
 # -- with compile and CUDA graphs off, a CPU run computes exactly what it did before the GPU path -----------
