@@ -167,6 +167,8 @@ def make_stages(net: nn.Module, block: Block, in_ch: int, width: int, layers: tu
 
 def he_init(net: nn.Module) -> None:
     """He initialisation (paper ref. [13]) of every conv, BN as identity; as torchvision does it."""
+    if next(net.parameters()).is_meta:  # no values to set (config checks build on meta), and normal_ there
+        return                          # imports torch._dynamo: 2 s of every sweep plan
     for m in net.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -330,18 +332,26 @@ def count_params(model: nn.Module) -> int:
 
 @torch.no_grad()
 def count_macs(model: nn.Module, input_size: tuple[int, int, int] = (3, 32, 32)) -> int:
-    """Multiply-accumulates for one image: half the FLOPs torch's FlopCounterMode counts in a
-    forward pass (2 per MAC of conv and matmul; it counts neither BN, ReLU, pooling nor the
-    zero-pad shortcut, as the paper does not). Runs on the model's device, meta included, so
-    planning a sweep needs no accelerator."""
-    from torch.utils.flop_counter import FlopCounterMode  # here, not on top: it loads torch._dynamo (seconds)
+    """Multiply-accumulates for one image: every conv and linear layer's, from the shapes of one forward
+    pass (BN, ReLU, pooling and the zero-pad shortcut count nothing, as in the paper). The same number as
+    half of torch's FlopCounterMode FLOPs (tests/test_models.py holds them equal for every family), without
+    its import of torch._dynamo (2 s of every sweep plan). Runs on the model's device, meta included."""
+    macs = 0
 
+    def count(m: nn.Module, _inp, out: torch.Tensor) -> None:
+        nonlocal macs
+        per_output = m.in_features if isinstance(m, nn.Linear) else m.weight[0].numel()  # conv: in/groups x k x k
+        macs += out.numel() * per_output
+
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    handles = [m.register_forward_hook(count) for m in layers]
     was_training = model.training
     p = next(model.parameters())
     try:
         model.eval()
-        with FlopCounterMode(display=False) as flops:
-            model(torch.zeros(1, *input_size, device=p.device, dtype=p.dtype))
+        model(torch.zeros(1, *input_size, device=p.device, dtype=p.dtype))
     finally:
         model.train(was_training)
-    return flops.get_total_flops() // 2
+        for h in handles:
+            h.remove()
+    return macs

@@ -74,6 +74,21 @@ def test_macs_count_conv_and_fc_only():
     assert count_macs(build_model("plain", 8)) == convs + 10 * 64
 
 
+@pytest.mark.parametrize("args,kwargs", [
+    (("plain", 20), {}), (("resnet", 20, "B"), {}), (("resnet", 32, "C"), {}), (("preact", 20), {}),
+    (("plain18",), {}), (("resnet34",), {"num_classes": 1000, "stem": "imagenet"}), (("resnet50",), {}),
+])
+def test_macs_are_what_torchs_flop_counter_counts(args, kwargs):
+    """count_macs reads shapes through hooks (no torch._dynamo import); torch's own counter is the oracle."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with torch.device("meta"):
+        model = build_model(*args, **kwargs).eval()
+        size = (3, 224, 224) if kwargs.get("stem") == "imagenet" else (3, 32, 32)
+        with FlopCounterMode(display=False) as flops:
+            model(torch.zeros(1, *size))
+        assert count_macs(model, size) == flops.get_total_flops() // 2
+
+
 def test_macs_are_counted_on_the_meta_device_without_cuda():
     cuda_before = torch.cuda.is_initialized()  # the sweep planner counts MACs and must not start CUDA
     with torch.device("meta"):
