@@ -78,6 +78,7 @@ def check_trainer(trainer) -> None:
     _positive_int(trainer.eval_every, "trainer.eval_every")
     _positive_int(trainer.ckpt_every, "trainer.ckpt_every")
     _positive_int(trainer.eval_batch_size, "trainer.eval_batch_size")
+    _positive_int(trainer.probe_batch, "trainer.probe_batch")
     if trainer.precision not in PRECISIONS:
         raise ConfigError(f"trainer.precision must be auto, fast, fp32 or bf16, got {trainer.precision!r}")
     if trainer.threads != "auto":

@@ -22,7 +22,7 @@ from experiments.schedule import LrSchedule
 # Keys (or whole groups) that change what a run computes.
 RESULT_KEYS = ("model", "optim", "schedule", "seed", "data.source", "data.split", "data.train_subset",
                "data.num_train", "data.num_eval", "data.normalize", "data.augment", "trainer.eval_every",
-               "trainer.probes", "trainer.precision")
+               "trainer.probes", "trainer.probe_batch", "trainer.precision")
 # Keys that do not, and why: a run may resume with any of them changed.
 NOT_RESULT_KEYS = {
     "experiment_name": "names the folder: another value is another run",
@@ -47,7 +47,7 @@ NOT_RESULT_KEYS = {
 # the config.yaml they were written with: a leaf missing there is compared as this default, and a leaf
 # missing and not listed here is not compared at all, so growing the config never turns a finished run
 # into a "different config" (a key whose absence would change the result must be listed here).
-RESULT_KEY_DEFAULTS = {"data.augment": DEFAULT_AUGMENT}
+RESULT_KEY_DEFAULTS = {"data.augment": DEFAULT_AUGMENT, "trainer.probe_batch": 128}
 # summary.json fields that restate result-config leaves: the last word when config.yaml and last.pt are gone.
 SUMMARY_KEYS = {"iterations": "schedule.iterations", "lr": "optim.lr", "batch_size": "optim.batch_size",
                 "weight_decay": "optim.weight_decay", "momentum": "optim.momentum", "seed": "seed",

@@ -33,7 +33,6 @@ from experiments.stopping import StopSignals
 # Iterations between the loop's planned host syncs (divergence check and progress); steps in between
 # queue on the device without waiting for the host.
 SYNC_EVERY = 50
-PROBE_BATCH = 128  # fixed training images whose per-layer gradient norms are recorded at probe points
 
 
 @dataclass
@@ -251,7 +250,7 @@ class Trainer:
             after = [p for p in points if p >= m]
             if after:
                 chosen.add(after[0])
-        return chosen, self.batches.fixed_train_batch(PROBE_BATCH)
+        return chosen, self.batches.fixed_train_batch(self.cfg.trainer.probe_batch)
 
     def _checkpoint(self) -> None:
         with self._clock_paused():

@@ -48,7 +48,8 @@ def test_default_cpu_path_reproduces_the_pinned_metrics(tmp_path, precision):
     if pins is None:
         pytest.skip(f"pinned on {', '.join(sorted({m['cpu'] for m in PINNED}))} with torch "
                     f"{', '.join(sorted({m['torch_version'] for m in PINNED}))}; kernels differ elsewhere")
-    train_mod.run(tiny_cfg(tmp_path, f"trainer.precision={precision}", QUIET))
+    # probe_batch=128: the pins predate the tiny recipe's smaller probe batch
+    train_mod.run(tiny_cfg(tmp_path, f"trainer.precision={precision}", "trainer.probe_batch=128", QUIET))
     assert metrics(run_folder(tmp_path)) == pins["runs"][precision]
 
 

@@ -172,11 +172,18 @@ def test_divergence_is_a_result_not_a_crash(tmp_path):
     assert s["status"] == "diverged" and 1 <= s["diverged_at"] <= 40
 
 
+def test_gradient_norms_are_measured_on_probe_batch_images(tmp_path):
+    tr = trainer_mod.Trainer(tiny_cfg(tmp_path, "trainer.probe_batch=7"), tmp_path)
+    points, (x, y) = tr._probe_plan()
+    assert points == {10, 20, 30, 40} and len(x) == len(y) == 7
+
+
 @pytest.mark.parametrize("override,needle", [
     ("model.depth=21", "nearest valid: 20 or 26"),
     ("model.shortcut=D", "choose one of A, B, C"),
     ("optim.lr=-0.1", "optim.lr must be a positive number"),
     ("trainer.eval_every=0", "trainer.eval_every must be a positive integer"),
+    ("trainer.probe_batch=0", "trainer.probe_batch must be a positive integer"),
     ("data.source=imagenet", "data"),
 ])
 def test_bad_overrides_fail_before_anything_is_created(tmp_path, override, needle):
