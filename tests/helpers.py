@@ -21,6 +21,13 @@ def tiny_cfg(results: Path, *overrides: str):
         return compose("config", overrides=[*TINY, f"results_dir={results}", *overrides])
 
 
+def smoke_cfg(results: Path, model: str):
+    """One run of `make sweep EXP=smoke`, composed as the sweep's Hydra job composes it."""
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        return compose("config", overrides=["experiment=smoke", f"results_dir={results}", f"model={model}",
+                                            "model.depth=8", "seed=0"])
+
+
 def cli(*args: str, env: dict | None = None, module: str = "experiments.train", timeout: int = 300):
     """Run a module as a user would, in the repo, with one thread."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}

@@ -6,8 +6,8 @@ The fast subset (default `pytest`) holds one or two cases of each kind; `-m slow
 Kill points come from experiments/faults.py (SUITE_FAULT=<point>:<n>); in a basic-launcher sweep
 both runs share one process, so the n-th checkpoint of the sweep is run 1's for n <= 4.
 
-One file on purpose (~880 lines): every case shares the uninterrupted smoke sweep built once per session
-(smoke_root) and the kill/rerun/compare helpers; split, each file would rebuild the reference.
+One file on purpose (~870 lines): every case shares the kill/rerun/compare helpers, and compares with the
+uninterrupted references that tests/conftest.py trains once per test process (smoke_root, tiny_root).
 """
 from __future__ import annotations
 
@@ -53,23 +53,6 @@ def final(folder: Path) -> tuple[list[dict], dict]:
     return metrics(folder), {k: v for k, v in summary(folder).items() if k not in NOT_RESULTS}
 
 
-def smoke_cfg(results: Path, model: str):
-    """One run of `make sweep EXP=smoke`, composed as the sweep's Hydra job composes it."""
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        return compose("config", overrides=["experiment=smoke", f"results_dir={results}", f"model={model}",
-                                            "model.depth=8", "seed=0"])
-
-
-@pytest.fixture(scope="module")
-def smoke_root(tmp_path_factory) -> Path:
-    """The uninterrupted smoke sweep's results folder (in-process: the same numbers as the CLI, in half the
-    time). Read-only for tests: copy it (done_sweep) to change anything."""
-    root = tmp_path_factory.mktemp("smoke-ref")
-    for model in ("plain", "resnet"):
-        train_mod.run(smoke_cfg(root, model))
-    return root
-
-
 @pytest.fixture(scope="module")
 def smoke_ref(smoke_root) -> dict:
     return {name: final(run_folder(smoke_root, name, exp="smoke")) for name in SMOKE_RUNS}
@@ -83,10 +66,8 @@ def done_sweep(smoke_root, tmp_path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_ref(tmp_path_factory) -> tuple:
-    root = tmp_path_factory.mktemp("tiny-ref")
-    train_mod.run(tiny_cfg(root))
-    return final(run_folder(root))
+def tiny_ref(tiny_root) -> tuple:
+    return final(tiny_root)
 
 
 def sweep_cmd(results: Path) -> list[str]:

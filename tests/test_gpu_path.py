@@ -131,7 +131,8 @@ def test_resolve_precision_table():
 
 
 def test_the_precision_used_is_recorded_and_a_resume_keeps_it(tmp_path, capsys):
-    args = [*TINY, f"results_dir={tmp_path}", "trainer.precision=fast", QUIET]
+    short = "schedule.iterations=20"  # the resume may compute in emulated bf16: 10 steps of it are enough
+    args = [*TINY, f"results_dir={tmp_path}", "trainer.precision=fast", short, QUIET]
     assert cli(*args, env={"SUITE_FAULT": "after:checkpoint:1"}).returncode != 0  # killed at iteration 10
     folder = run_folder(tmp_path)
     saved = OmegaConf.load(folder / "config.yaml")
@@ -141,7 +142,7 @@ def test_the_precision_used_is_recorded_and_a_resume_keeps_it(tmp_path, capsys):
     other = {"fp32": "bf16", "bf16": "fp32"}[here]
     saved.trainer.precision_used = other
     (folder / "config.yaml").write_text(OmegaConf.to_yaml(saved))
-    s = train_mod.run(tiny_cfg(tmp_path, "trainer.precision=fast", QUIET))
+    s = train_mod.run(tiny_cfg(tmp_path, "trainer.precision=fast", short, QUIET))
     assert s["status"] == "completed" and s["precision"] == other
     assert OmegaConf.load(folder / "config.yaml").trainer.precision_used == other
     assert f"started in {other}" in capsys.readouterr().out

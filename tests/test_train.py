@@ -45,22 +45,21 @@ def test_same_seed_same_metrics_other_seed_differs(tmp_path):
     assert a == b and a != c
 
 
-def test_sigkill_after_a_checkpoint_then_resume_gives_identical_metrics(tmp_path):
-    train_mod.run(tiny_cfg(tmp_path / "ref"))
+def test_sigkill_after_a_checkpoint_then_resume_gives_identical_metrics(tmp_path, tiny_root):
     args = [*TINY, f"results_dir={tmp_path / 'cut'}"]
     killed = cli(*args, env={"SUITE_FAULT": "after:checkpoint:2"})
     assert killed.returncode == -signal.SIGKILL
     folder = run_folder(tmp_path / "cut")
     assert not (folder / "summary.json").exists() and (folder / "last.pt").exists()
     assert cli(*args).returncode == 0
-    assert metrics(folder) == metrics(run_folder(tmp_path / "ref"))
+    assert metrics(folder) == metrics(tiny_root)
     assert summary(folder)["iterations_done"] == 40
 
 
-def test_last_pt_keeps_the_step_sums_as_earlier_checkpoints_did_and_resumes_identically(tmp_path, monkeypatch):
+def test_last_pt_keeps_the_step_sums_as_earlier_checkpoints_did_and_resumes_identically(tmp_path, monkeypatch,
+                                                                                     tiny_root):
     """The sums since the last evaluation point stay in last.pt under "acc" as a plain dict (loss, wrong, seen,
     warmup, t), the layout checkpoints had before the sums got a type: old and new checkpoints resume alike."""
-    train_mod.run(tiny_cfg(tmp_path / "ref"))
     real_iteration = trainer_mod.Trainer.train_iteration
 
     def stop_at_15(self, warming):
@@ -82,7 +81,7 @@ def test_last_pt_keeps_the_step_sums_as_earlier_checkpoints_did_and_resumes_iden
                     "t": acc["t"]}  # written as the trainer before StepSums wrote it
     torch.save(state, folder / "last.pt")
     train_mod.run(tiny_cfg(tmp_path / "cut"))
-    assert metrics(folder) == metrics(run_folder(tmp_path / "ref"))
+    assert metrics(folder) == metrics(tiny_root)
 
 
 def test_interrupted_carries_its_signal_to_the_exit_status_and_survives_pickling():
@@ -93,14 +92,13 @@ def test_interrupted_carries_its_signal_to_the_exit_status_and_survives_pickling
     assert copied.exit_status == 130 and str(copied) == str(stopped)
 
 
-def test_kill_mid_metrics_line_and_mid_checkpoint_write_resume_cleanly(tmp_path):
-    train_mod.run(tiny_cfg(tmp_path / "ref"))
+def test_kill_mid_metrics_line_and_mid_checkpoint_write_resume_cleanly(tmp_path, tiny_root):
     for fault in ("append:metrics:2", "write:last.pt:2"):
         args = [*TINY, f"results_dir={tmp_path / fault}"]
         assert cli(*args, env={"SUITE_FAULT": fault}).returncode == -signal.SIGKILL
         assert cli(*args).returncode == 0
         folder = run_folder(tmp_path / fault)
-        assert metrics(folder) == metrics(run_folder(tmp_path / "ref")), fault
+        assert metrics(folder) == metrics(tiny_root), fault
         assert not list(folder.glob(".*.tmp"))
 
 
