@@ -147,7 +147,7 @@ def check_overrides(args) -> None:
 
 def plan(args) -> list[PlannedRun]:
     """Every run with its status and cost. Never starts CUDA: a context here would hold GPU memory for the
-    whole sweep (device type and native bf16 come from NVML, MACs from the meta device)."""
+    whole sweep (device type and native bf16 come from NVML, MACs from one image through the model on the CPU)."""
     check_overrides(args)
     try:
         return _plan(args)

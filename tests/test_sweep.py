@@ -169,7 +169,7 @@ def test_args_glob_lists_config_groups_as_hydra_does():
 
 
 def test_experiment_without_dash_m_runs_its_whole_sweep(tmp_path):
-    done = cli("experiment=smoke", f"results_dir={tmp_path}")
+    done = cli("experiment=smoke", f"results_dir={tmp_path}", "schedule.iterations=10")
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in (tmp_path / "smoke" / "runs").iterdir()) == ["plain-8-none", "resnet-8-A"]
 

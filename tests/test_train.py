@@ -37,11 +37,10 @@ def test_a_short_run_writes_the_contract_and_learns(tmp_path):
     assert s["final_test_err"] == rows[-1]["test_err"]
 
 
-def test_same_seed_same_metrics_other_seed_differs(tmp_path):
-    for name in ("a", "b"):
-        train_mod.run(tiny_cfg(tmp_path / name))
+def test_same_seed_same_metrics_other_seed_differs(tmp_path, tiny_root):
+    train_mod.run(tiny_cfg(tmp_path / "b"))
     train_mod.run(tiny_cfg(tmp_path / "c", "seed=1"))
-    a, b, c = (metrics(run_folder(tmp_path / n, seed=s)) for n, s in (("a", 0), ("b", 0), ("c", 1)))
+    a, b, c = metrics(tiny_root), metrics(run_folder(tmp_path / "b")), metrics(run_folder(tmp_path / "c", seed=1))
     assert a == b and a != c
 
 
