@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from experiments import train as train_mod
 from tests.helpers import run_folder, smoke_cfg, tiny_cfg
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,7 +27,6 @@ def shared_jpeg() -> Path:
 @pytest.fixture(scope="session")
 def smoke_root(tmp_path_factory) -> Path:
     """The results folder of `make sweep EXP=smoke` run to the end."""
-    from experiments import train as train_mod
     root = tmp_path_factory.mktemp("smoke-ref")
     for model in ("plain", "resnet"):
         train_mod.run(smoke_cfg(root, model))
@@ -36,7 +36,6 @@ def smoke_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory) -> Path:
     """The run folder of one tiny run (tests.helpers.TINY, seed 0) run to the end."""
-    from experiments import train as train_mod
     root = tmp_path_factory.mktemp("tiny-ref")
     train_mod.run(tiny_cfg(root))
     return run_folder(root)
