@@ -66,14 +66,22 @@ def _claim_words(v: dict, arch: str) -> str:
     return f"{c['claim'][0].upper()}{c['claim'][1:]}: {state} ({diff})"
 
 
+def _mixed_words(row) -> str:
+    """'; seeds mixing precisions: 0 (fp32 − bf16)' for a row of tables/abc_pairs.csv, '' for none."""
+    mixed = row.mixed_precision_seeds
+    return f"; seeds mixing precisions: {mixed}" if isinstance(mixed, str) and mixed else ""
+
+
 def abc_headline(results: Results, pairs: pd.DataFrame) -> str:
     """The A/B/C verdicts in one paragraph: each option against A on final test error, paired by seed."""
     where = f"{style.data_label(results.runs)}, {budget_phrase(results)}"
     test = pairs[pairs["metric"] == "final_test_err"]
-    parts = [f"{ARCH_WORDS.get(r.arch, r.arch)}-{r.depth} {r.option} − A {r.mean_diff:+.2f} points"
-             + (f" (95 % CI {stats.ci_text(r.ci95_low, r.ci95_high, r.n_pairs)}, n={r.n_pairs}: "
-                f"{'resolved' if r.resolved else 'not resolved'})" if r.n_pairs > 1 else " (one seed)")
-             for r in test.itertuples()]
+    parts = []
+    for r in test.itertuples():
+        said = (f"95 % CI {stats.ci_text(r.ci95_low, r.ci95_high, r.n_pairs)}, n={r.n_pairs}: "
+                f"{'resolved' if r.resolved else 'not resolved'}" if r.n_pairs > 1 else "one seed")
+        parts.append(f"{ARCH_WORDS.get(r.arch, r.arch)}-{r.depth} {r.option} − A {r.mean_diff:+.2f} points "
+                     f"({said}{_mixed_words(r)})")
     resolved = test[test["resolved"]]
     if test["n_pairs"].max() < 2:
         return (f"Shortcut options, final test error ({where}): " + "; ".join(parts) + ". One seed per option "
@@ -208,7 +216,8 @@ def abc_sentences(results: Results, abc: pd.DataFrame, pairs: pd.DataFrame) -> l
         for r in group.itertuples():
             ci = f"95 % CI {stats.ci_text(r.ci95_low, r.ci95_high, r.n_pairs)}" if r.n_pairs > 1 else "one seed"
             verdict = ("resolved" if r.resolved else "not resolved") if r.n_pairs > 1 else "unresolved"
-            diffs.append(f"{r.option} − A {r.mean_diff:+.2f} points ({ci}, n={r.n_pairs}: {verdict})")
+            diffs.append(f"{r.option} − A {r.mean_diff:+.2f} points "
+                         f"({ci}, n={r.n_pairs}: {verdict}{_mixed_words(r)})")
         out.append(f"{ARCH_WORDS.get(arch, arch)}-{depth}, final test error: {listed}; " + "; ".join(diffs) + ".")
     resolved = pairs[pairs["resolved"]]
     if pairs["n_pairs"].max() < 2:

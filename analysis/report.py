@@ -110,7 +110,7 @@ def abc_view(t: pd.DataFrame) -> pd.DataFrame:
 
 
 def abc_pairs_view(t: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({
+    view = pd.DataFrame({
         "net": [f"{'ResNet' if a == 'resnet' else a}-{d}" for a, d in zip(t["arch"], t["depth"])],
         "difference": [f"{o} − A, final {m.replace('final_', '').replace('_err', '')} err"
                        for o, m in zip(t["option"], t["metric"])],
@@ -118,16 +118,26 @@ def abc_pairs_view(t: pd.DataFrame) -> pd.DataFrame:
             _ms(m, s, n, signed=True) for m, s, n in zip(t["mean_diff"], t["std_diff"], t["n_pairs"])],
         "95 % CI": [stats.ci_text(lo, hi, n) for lo, hi, n in zip(t["ci95_low"], t["ci95_high"], t["n_pairs"])],
         "seeds resolve it": ["yes" if r else "no" for r in t["resolved"]]})
+    return _with_mixed_precision(view, t)
 
 
 def verdicts_view(t: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({
+    view = pd.DataFrame({
         "claim": t["claim"], "depths": [f"{a} → {b}" for a, b in zip(t["shallower"], t["deeper"])],
         "deeper − shallower, final train err (points)": [
             _ms(m, s, n, signed=True) for m, s, n in zip(t["mean_diff"], t["std_diff"], t["n_pairs"])],
         "95 % CI": [stats.ci_text(lo, hi, n) for lo, hi, n in zip(t["ci95_low"], t["ci95_high"], t["n_pairs"])],
         "seeds agreeing": [f"{a} of {n}" for a, n in zip(t["seeds_agreeing"], t["n_pairs"])],
         "verdict": t["state"]})
+    return _with_mixed_precision(view, t)
+
+
+def _with_mixed_precision(view: pd.DataFrame, t: pd.DataFrame) -> pd.DataFrame:
+    """A column naming the seeds whose pair mixes precisions, only where one does (a rare case
+    that must not pass unseen, and no column of blanks where it cannot arise)."""
+    if t["mixed_precision_seeds"].fillna("").astype(bool).any():
+        view["seeds mixing precisions"] = t["mixed_precision_seeds"].fillna("").to_numpy()
+    return view
 
 
 def inventory_view(t: pd.DataFrame) -> pd.DataFrame:

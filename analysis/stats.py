@@ -4,7 +4,9 @@ Two runs with the same seed see the same batches in the same order with the same
 (experiments/data/batches.py draws them from the seed and the iteration), so the difference of their
 final errors is a paired measurement: seed-to-seed noise that hits both nets alike cancels.
 The 95 % interval is Student's t on the paired differences; with 2 or 3 seeds it is wide, and
-the report says so instead of hiding it.
+the report says so instead of hiding it. A pair whose two runs computed in different precisions
+(bf16 on one machine, fp32 on another: `trainer.precision=fast` resolves per machine) differs in
+more than the network; every difference that pair enters says so.
 """
 from __future__ import annotations
 
@@ -21,9 +23,11 @@ CONFIDENCE = 0.95
 
 @dataclass(frozen=True)
 class Paired:
-    """b − a over the seeds both completed: mean, sample std, n, 95 % t interval."""
+    """b − a over the seeds both completed: mean, sample std, n, 95 % t interval; `mixed`: the
+    seeds whose two runs computed in different precisions, as (seed, a's precision, b's)."""
     seeds: tuple[int, ...]
     diffs: tuple[float, ...]
+    mixed: tuple[tuple[int, str, str], ...] = ()
 
     @property
     def n(self) -> int:
@@ -63,11 +67,31 @@ def final_errors(runs: pd.DataFrame, arch: str, shortcut: str, depth: int, metri
     return {s: v for s, v in values.items() if math.isfinite(v)}
 
 
+def precisions(runs: pd.DataFrame, arch: str, shortcut: str, depth: int) -> dict[int, str]:
+    """seed -> the precision one network's completed runs computed in (as recorded in summary.json)."""
+    mine = runs[(runs["arch"] == arch) & (runs["shortcut"] == shortcut) & (runs["depth"] == depth)
+                & (runs["status"] == COMPLETED)]
+    return {int(s): str(p) for s, p in zip(mine["seed"], mine["precision"]) if isinstance(p, str)}
+
+
 def paired(runs: pd.DataFrame, a: tuple[str, str, int], b: tuple[str, str, int], metric: str) -> Paired:
     """Network b minus network a (each (arch, shortcut, depth)), paired by seed."""
     ea, eb = final_errors(runs, *a, metric), final_errors(runs, *b, metric)
     seeds = tuple(sorted(set(ea) & set(eb)))
-    return Paired(seeds, tuple(eb[s] - ea[s] for s in seeds))
+    pa, pb = precisions(runs, *a), precisions(runs, *b)
+    mixed = tuple((s, pa[s], pb[s]) for s in seeds if s in pa and s in pb and pa[s] != pb[s])
+    return Paired(seeds, tuple(eb[s] - ea[s] for s in seeds), mixed)
+
+
+def mixed_text(p: Paired) -> str:
+    """"seed 0's pair mixes precisions (fp32 − bf16)", in the difference's order (b − a); '' when
+    every pair shares its precision."""
+    return "; ".join(f"seed {s}'s pair mixes precisions ({y} − {x})" for s, x, y in p.mixed)
+
+
+def mixed_seeds(p: Paired) -> str:
+    """The tables' column: '0 (fp32 − bf16)' per mixed seed, in the difference's order; '' when none."""
+    return " ".join(f"{s} ({y} − {x})" for s, x, y in p.mixed)
 
 
 # Every paired difference the report prints, in sentences and tables alike, goes through these two.
@@ -77,9 +101,11 @@ def ci_text(low: float, high: float, n: int) -> str:
 
 
 def interval_text(p: Paired) -> str:
-    """'+1.23 ± 0.40 points, 95 % CI [+0.40, +2.06], n=3' (no interval from a single seed)."""
+    """'+1.23 ± 0.40 points, 95 % CI [+0.40, +2.06], n=3' (no interval from a single seed), and
+    which seeds pair runs of different precisions."""
     if p.n == 0:
         return "no paired seeds"
+    mixed = f"; {mixed_text(p)}" if p.mixed else ""
     if p.n == 1:
-        return f"{p.mean:+.2f} points, n=1 (one seed: spread unknown)"
-    return f"{p.mean:+.2f} ± {p.std:.2f} points, 95 % CI {ci_text(*p.interval, p.n)}, n={p.n}"
+        return f"{p.mean:+.2f} points, n=1 (one seed: spread unknown{mixed})"
+    return f"{p.mean:+.2f} ± {p.std:.2f} points, 95 % CI {ci_text(*p.interval, p.n)}, n={p.n}{mixed}"

@@ -208,10 +208,11 @@ def verdict_table(v: dict) -> pd.DataFrame:
                      "shallower": c["shallow"], "deeper": c["deep"], "metric": "final_train_err",
                      "n_pairs": p.n, "seeds": " ".join(map(str, p.seeds)), "mean_diff": p.mean,
                      "std_diff": p.std, "ci95_low": low, "ci95_high": high,
-                     "seeds_agreeing": p.agreeing(c["sign"]), "state": c["state"]})
+                     "seeds_agreeing": p.agreeing(c["sign"]), "state": c["state"],
+                     "mixed_precision_seeds": stats.mixed_seeds(p)})
     return pd.DataFrame(rows, columns=["claim", "arch", "shortcut", "shallower", "deeper", "metric", "n_pairs",
                                        "seeds", "mean_diff", "std_diff", "ci95_low", "ci95_high",
-                                       "seeds_agreeing", "state"])
+                                       "seeds_agreeing", "state", "mixed_precision_seeds"])
 
 
 def abc(results: Results) -> pd.DataFrame:
@@ -251,9 +252,11 @@ def abc_pairs(results: Results) -> pd.DataFrame:
             low, high = p.interval
             rows.append({"arch": arch, "depth": depth, "option": option, "baseline": "A", "metric": metric,
                          "n_pairs": p.n, "seeds": " ".join(map(str, p.seeds)), "mean_diff": p.mean,
-                         "std_diff": p.std, "ci95_low": low, "ci95_high": high, "resolved": p.resolved})
+                         "std_diff": p.std, "ci95_low": low, "ci95_high": high, "resolved": p.resolved,
+                         "mixed_precision_seeds": stats.mixed_seeds(p)})
     return pd.DataFrame(rows, columns=["arch", "depth", "option", "baseline", "metric", "n_pairs", "seeds",
-                                       "mean_diff", "std_diff", "ci95_low", "ci95_high", "resolved"])
+                                       "mean_diff", "std_diff", "ci95_low", "ci95_high", "resolved",
+                                       "mixed_precision_seeds"])
 
 
 def inventory(results: Results) -> pd.DataFrame:

@@ -33,7 +33,7 @@ FIGURES = ("curves", "error_vs_depth", "shortcut_options", "responses", "gradien
 def write_run(exp: Path, arch: str, depth: int, shortcut: str = "A", seed: int = 0, *,
               train_err: float = 5.0, test_err: float = 10.0, status: str | None = "completed",
               iterations: int = 2000, points: int | None = None, probes: bool = True,
-              data_source: str = "cifar10_folder", warmup: bool = False) -> Path:
+              data_source: str = "cifar10_folder", warmup: bool = False, precision: str = "bf16") -> Path:
     """One run folder exactly as experiments/ writes it. The curves fall linearly from 90%
     to the given final errors; the test error dips 0.3 below its final value one point
     before the end, so best-over-training differs from the final (headline) number.
@@ -91,7 +91,7 @@ def write_run(exp: Path, arch: str, depth: int, shortcut: str = "A", seed: int =
         "final_test_loss": 0.3, "best_test_err": min(tests),
         "best_test_iter": lines[tests.index(min(tests))]["iter"], "wall_time_s": 1000.0,
         "images_per_s": 2000.0, "device": "cuda", "device_name": "NVIDIA H100",
-        "precision": "bf16", "channels_last": True, "torch_version": "2.14.1",
+        "precision": precision, "channels_last": True, "torch_version": "2.14.1",
         "git_commit": "abc1234", "response_layers": [f"conv{k}" for k in range(layers)],
         "error": "loss is NaN" if diverged else None}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -271,6 +271,43 @@ def test_a_partial_sweep_states_the_half_its_runs_show(tmp_path):
     assert "ResNet-56 − ResNet-20, option A: final training error -1.20 points, n=1" in text
     row, = tables.verdict_table(v).itertuples()
     assert (row.arch, row.shallower, row.deeper, row.state) == ("resnet", 20, 56, "one seed")
+
+
+def test_a_pair_that_mixes_precisions_says_so_wherever_its_difference_is_read(tmp_path):
+    # degradation_16k's seed 0 trained three nets in bf16 and (on a machine without native bf16)
+    # plain-56 in fp32: that pair differs in more than depth, and the verdict must not hide it
+    for seed in (0, 1):
+        for arch, errs in (("plain", (6, 10)), ("resnet", (4, 3))):
+            for depth, err in zip((20, 56), errs):
+                mixed = seed == 0 and (arch, depth) == ("plain", 56)
+                write_run(tmp_path, arch, depth, seed=seed, train_err=err + seed, probes=False,
+                          iterations=800, precision="fp32" if mixed else "bf16")
+    results = collect(tmp_path)
+    v = tables.verdict(results)
+    assert v["plain"]["paired"].mixed == ((0, "bf16", "fp32"),) and v["resnet"]["paired"].mixed == ()
+    assert "n=2; seed 0's pair mixes precisions (fp32 − bf16))" in findings.headline(results, v)
+    rows = tables.verdict_table(v).set_index("arch")["mixed_precision_seeds"]
+    assert rows.to_dict() == {"plain": "0 (fp32 − bf16)", "resnet": ""}
+    view = report.verdicts_view(tables.verdict_table(v))
+    assert view["seeds mixing precisions"].tolist() == ["0 (fp32 − bf16)", ""]
+    # one precision throughout: no column of blanks
+    (tmp_path / "runs" / "plain-56-none" / "seed=0").rename(tmp_path / "plain-56-fp32")
+    v = tables.verdict(collect(tmp_path))
+    assert "seeds mixing precisions" not in report.verdicts_view(tables.verdict_table(v))
+
+
+def test_an_option_pair_that_mixes_precisions_says_so(tmp_path):
+    for seed in (0, 1):
+        for option in ("A", "B"):
+            write_run(tmp_path, "resnet", 20, option, seed, test_err=8 + seed, probes=False, iterations=800,
+                      precision="fp32" if (seed, option) == (1, "B") else "bf16")
+    results = collect(tmp_path)
+    pairs = tables.abc_pairs(results)
+    assert set(pairs["mixed_precision_seeds"]) == {"1 (fp32 − bf16)"}
+    text = " ".join(findings.abc_sentences(results, tables.abc(results), pairs))
+    assert "B − A +0.00 points (95 % CI" in text and "seeds mixing precisions: 1 (fp32 − bf16))" in text
+    assert "seeds mixing precisions: 1 (fp32 − bf16))" in findings.abc_headline(results, pairs)
+    assert set(report.abc_pairs_view(pairs)["seeds mixing precisions"]) == {"1 (fp32 − bf16)"}
 
 
 # ---------------------------------------------------------------- figures
