@@ -159,8 +159,8 @@ def _plan(args) -> list[PlannedRun]:
     runs = []
     with initialize_config_dir(str(CONF), version_base="1.3"):
         jobs = expand(args)
-        print(f"planning {len(jobs)} runs of {args.exp}: composing and checking each config, counting each "
-              f"model's MACs, reading each run folder's state", flush=True)
+        print(f"planning {len(jobs)} run{'s' * (len(jobs) != 1)} of {args.exp}: composing and checking each "
+              f"config, counting each model's MACs, reading each run folder's state", flush=True)
         for overrides in jobs:
             cfg = compose("config", overrides=overrides)
             try:

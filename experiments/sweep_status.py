@@ -105,8 +105,8 @@ def print_plan(runs: list[PlannedRun], args, seeds_from_args: str | None = None)
     devices = sorted({r.device for r in runs})
     calibrated = {d: calibration(args.results, d) for d in devices}
     todo = [r for r in runs if r.status not in FINISHED]
-    print(f"sweep {args.exp}: {len(runs)} runs, {len(runs) - len(todo)} done, {len(todo)} to train "
-          f"(launcher {args.launcher}, jobs {args.jobs}, results {args.results})")
+    print(f"sweep {args.exp}: {len(runs)} run{'s' * (len(runs) != 1)}, {len(runs) - len(todo)} done, "
+          f"{len(todo)} to train (launcher {args.launcher}, jobs {args.jobs}, results {args.results})")
     if seeds_from_args:
         print(f"seeds from ARGS ({seeds_from_args}) replace SEEDS={args.seeds}")
     total, unknown = 0.0, False
@@ -138,8 +138,8 @@ def precision_note(runs: list[PlannedRun]) -> str | None:
     n = len(finished)
     return (f"note: {n} finished run{'s' * (n != 1)} computed in {' and '.join(done)}, {len(todo)} "
             f"to train will compute in {' and '.join(coming)} here, so comparisons across them mix precisions "
-            f"(the report's recipe counts the runs of each); to keep one, train them on a machine like the "
-            f"first, or set it with ARGS=trainer.precision={done[0]}"
+            f"(the report counts the runs of each and names every paired seed that mixes them); to keep one, "
+            f"train them on a machine like the first, or set it with ARGS=trainer.precision={done[0]}"
             + (" (where bf16 is not native, emulated and far slower than fp32)" if done[0] == "bf16" else ""))
 
 
