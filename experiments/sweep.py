@@ -34,7 +34,7 @@ from experiments.models import build_from_config, count_macs
 from experiments.contract import FORMAT_VERSION, read_jsonl
 from experiments.runfiles import WriteError, atomic_write_json, atomic_write_text, hydra_quote
 from experiments.resume_guard import recorded_precision
-from experiments.sweep_status import TO_DO, planned_status, print_plan, report
+from experiments.sweep_status import PARTIAL, TO_DO, TRAINING, iterations_done, planned_status, print_plan, report
 from experiments.train import SWEEP_ERRORS_ENV, folder_of
 
 LAUNCHERS = ("basic", "joblib", "slurm", "local")  # Hydra launcher configs: built-in basic, joblib, conf/hydra/launcher/*
@@ -55,6 +55,7 @@ class PlannedRun:
     precision: str  # what the run computed in (finished), resumes in (partial) or will compute in here
     data: dict      # the run's data node, checked once per distinct source before any run starts
     device: str     # the device type it will train on here: cuda, mps or cpu
+    done: int = 0   # iterations a begun run has behind it (its curve's last point): the estimate's head start
 
 
 def experiments() -> list[str]:
@@ -174,7 +175,8 @@ def _plan(args) -> list[PlannedRun]:
             runs.append(PlannedRun(overrides, folder, status, cfg.schedule.iterations,
                                    cfg.schedule.iterations * cfg.optim.batch_size, _macs(m),
                                    recorded or where.precision,
-                                   OmegaConf.to_container(cfg.data, resolve=True), where.device.type))
+                                   OmegaConf.to_container(cfg.data, resolve=True), where.device.type,
+                                   iterations_done(folder) if status in (PARTIAL, TRAINING) else 0))
     return runs
 
 

@@ -56,6 +56,16 @@ def planned_status(folder: Path) -> str:
     return TRAINING if locked_elsewhere(folder) else PARTIAL if (folder / "last.pt").exists() else TO_DO
 
 
+def iterations_done(folder: Path) -> int:
+    """About how far a begun run got: its curve's last point, within one evaluation of the checkpoint it
+    resumes from (a signal checkpoints between evaluations). 0 where the curve is missing or unreadable."""
+    try:
+        points = read_metrics(folder / "metrics.jsonl")
+    except (FormatError, OSError):
+        return 0
+    return points[-1]["iter"] if points else 0
+
+
 # -- the plan, with time estimates --------------------------------------------------------------------------
 def bench_files(results: str) -> list[Path]:
     """Benchmarks to calibrate time estimates, best first: this results folder's `make bench`
@@ -95,10 +105,13 @@ def calibration(results: str, device: str) -> tuple[dict, Path | None]:
 
 
 def estimate_seconds(run: PlannedRun, rates: dict) -> float | None:
-    """The run's training time at its precision's benchmarked rate on its device, else at the rough
-    fallback rate; None where there is neither."""
-    rate = rates.get(run.precision) or FALLBACK_GMAC_IMAGES_PER_S.get(run.device)
-    return None if rate is None else run.images * run.macs / 1e9 / rate
+    """The run's training time at its precision's benchmarked rate on its device; at the rough fallback
+    rate only where the device has no benchmark at all. A benchmark without the run's precision gives
+    None, never another precision's rate: bf16 on an AVX2-only CPU is emulated, about 10x slower than
+    its fp32 (README), and the fallback (native bf16) would promise it 60x too fast."""
+    rate = rates.get(run.precision) if rates else FALLBACK_GMAC_IMAGES_PER_S.get(run.device)
+    left = max(run.iterations - run.done, 0) / run.iterations  # a begun run trains only what it has left
+    return None if rate is None else run.images * left * run.macs / 1e9 / rate
 
 
 def print_plan(runs: list[PlannedRun], args, seeds_from_args: str | None = None) -> None:
@@ -115,11 +128,20 @@ def print_plan(runs: list[PlannedRun], args, seeds_from_args: str | None = None)
         unknown |= secs is None
         total += secs or 0.0
         print(f"  {r.status:8s} {r.folder}  {r.iterations} it, {r.macs * r.images * 3 / 1e15:7.2f} PMAC"
-              + (f", {duration(secs)}" if secs else ""))
+              + (f", {duration(secs)}" if secs else "") + (f" (resumes near iteration {r.done:,})" if secs and r.done else ""))
     benches = [bench for _, bench in calibrated.values() if bench]
-    how = (" (no benchmark of this device; run `make bench`)" if unknown
-           else f" (calibrated by {', '.join(_shown(b) for b in benches)})" if len(benches) == len(devices)
-           else " (rough: no benchmark of this device; run `make bench`)")
+    unmeasured = sorted({r.precision for r in todo if calibrated[r.device][0]
+                         and r.precision not in calibrated[r.device][0]})
+    if unmeasured:
+        how = (f" (the benchmark of this device has no {' or '.join(unmeasured)} rows; "
+               + ("`make bench` skips bf16 where it is not native: emulated, it is far slower than fp32)"
+                  if "bf16" in unmeasured else "run `make bench`)"))
+    elif unknown:
+        how = " (no benchmark of this device; run `make bench`)"
+    elif len(benches) == len(devices):
+        how = f" (calibrated by {', '.join(_shown(b) for b in benches)})"
+    else:
+        how = " (rough: no benchmark of this device; run `make bench`)"
     print(f"estimated time on {' and '.join(devices)} (one job at a time): "
           f"{'unknown' if unknown else duration(total)}{how}")
     note = precision_note(runs)

@@ -211,12 +211,37 @@ def test_estimates_use_a_matching_benchmark_beside_results(tmp_path, capsys):
     assert used == (tmp_path / "bench" / "latest.json").resolve() and rates == {"fp32": rate}
     assert runs[0].device == "cpu"
     assert sweep_status.estimate_seconds(runs[0], rates) == pytest.approx(runs[0].images * runs[0].macs / 1e9 / rate)
+    # a begun run is estimated for what it has left, read from its curve's last point
+    runs[0].folder.mkdir(parents=True)
+    (runs[0].folder / "last.pt").write_bytes(b"")
+    (runs[0].folder / "metrics.jsonl").write_text(json.dumps({"format_version": 1, "iter": 30}) + "\n")
+    begun = sweep.plan(args)[0]
+    assert (begun.status, begun.done) == ("partial", 30) and begun.iterations == 40
+    assert sweep_status.estimate_seconds(begun, rates) == pytest.approx(runs[0].images / 4 * runs[0].macs / 1e9 / rate)
     # a benchmark of another machine is never used
     (tmp_path / "bench" / "latest.json").write_text(json.dumps({**bench, "device_name": "Some Other CPU"}))
     assert sweep_status.calibration(str(tmp_path), "cpu")[1] != (tmp_path / "bench" / "latest.json").resolve()
     # nor one of a CPU of the same name with (or without) native bf16: the project's VM has been both, 4.5x apart
     (tmp_path / "bench" / "latest.json").write_text(json.dumps({**bench, "native_bf16": not bench["native_bf16"]}))
     assert sweep_status.calibration(str(tmp_path), "cpu")[1] != (tmp_path / "bench" / "latest.json").resolve()
+
+
+def test_a_precision_the_benchmark_did_not_measure_gets_no_estimate(tmp_path, capsys):
+    # This machine's benchmark has fp32 rows only, as `make bench` writes on a CPU without native bf16;
+    # a bf16 run there is emulated, far slower: no rate of another precision may stand in for it.
+    row = {"device": "cpu", "precision": "fp32", "suite_images_per_s": 200.0, "macs": 500_000_000}
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "latest.json").write_text(json.dumps({**sweep_status.this_device("cpu"), "rows": [row]}))
+    args = sweep.parse_args(["--exp", "smoke", "--results", str(tmp_path), "trainer.precision=bf16"])
+    runs = sweep.plan(args)
+    assert {r.precision for r in runs} == {"bf16"}
+    assert sweep_status.estimate_seconds(runs[0], sweep_status.calibration(str(tmp_path), "cpu")[0]) is None
+    sweep_status.print_plan(runs, args)
+    out = capsys.readouterr().out
+    assert "(one job at a time): unknown (the benchmark of this device has no bf16 rows; `make bench` skips" in out
+    assert not re.search(r"PMAC, ", out)  # no run line shows a duration
+    # where the device has no benchmark at all, the rough fallback still gives a labelled estimate
+    assert sweep_status.estimate_seconds(runs[0], {}) > 0
 
 
 def test_a_sweep_resumed_on_another_kind_of_machine_says_its_precisions_would_mix(tmp_path, capsys):
