@@ -135,13 +135,13 @@ def refuse_changed_config(cfg: DictConfig, folder: Path) -> None:
     """Raise ConfigError when what the folder holds was computed under another result config. Every
     record is asked, so a deleted or garbled config.yaml cannot let a run resume under a new config:
     config.yaml, the checkpoint (which carries its config), and summary.json's restated fields."""
-    current = result_config(cfg)
+    current, recorded = result_config(cfg), recorded_precision(folder / "config.yaml")
     checks = [("config.yaml", saved_result_config(folder / "config.yaml")),
               ("last.pt", checkpoint_result_config(folder / "last.pt"))]
     changed: dict[str, list[str]] = {}
     for source, saved in checks:
         if saved is not None:
-            changed[source] = changed_keys(saved, current)
+            changed[source] = changed_keys(*precision_as_computed(saved, current, recorded))
     summary = read_json(folder / "summary.json")
     if isinstance(summary, dict) and not changed:  # config.yaml and last.pt both gone or unreadable
         flat = leaves(current)
@@ -155,6 +155,18 @@ def refuse_changed_config(cfg: DictConfig, folder: Path) -> None:
 
 
 # -- the precision a run computes in stays what it started in -------------------------------------------
+def precision_as_computed(saved: dict, current: dict, recorded: str | None) -> tuple[dict, dict]:
+    """trainer.precision compared as it computes where the run recorded it (precision_used): a run written
+    as `fast` that computed in bf16 goes on under an explicit bf16 (what the sweep's precision note
+    suggests), and `auto`/`fast` resume a run in its recorded precision (pick_device), so they never
+    conflict with it. Only an explicit other precision differs. Without a record: compared as written."""
+    key = "trainer.precision"
+    if recorded is None or key not in current:
+        return saved, current
+    asked = current[key]
+    return {**saved, key: recorded}, {**current, key: recorded if asked in ("auto", "fast") else asked}
+
+
 def config_yaml(cfg: DictConfig, dev: RunDevice) -> str:
     """The run's resolved config, plus what `auto`/`fast` resolved to on this machine, so a resume on
     another kind of device continues in the same precision (pick_device)."""

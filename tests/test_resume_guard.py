@@ -1,4 +1,5 @@
 """Every config leaf is classified as a result key or not, so RESULT_KEYS cannot fall behind conf/."""
+import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -44,3 +45,25 @@ def test_the_schedule_is_compared_as_it_computes():
     assert resume_guard.changed_keys(resume_guard.result_config(written), resume_guard.result_config(explicit)) == []
     assert resume_guard.changed_keys(resume_guard.result_config(written), resume_guard.result_config(capped)) == []
     assert resume_guard.result_config(written)["schedule"]["milestones"] == [8000, 12000]
+
+
+@pytest.mark.parametrize("written, used, asked, refused", [
+    ("fast", "bf16", "bf16", False),   # computed in bf16: an explicit bf16 asks for the same arithmetic
+    ("fast", "bf16", "fast", False),
+    ("fast", "bf16", "auto", False),   # a policy resumes the run in its recorded precision
+    ("fast", "bf16", "fp32", True),    # an explicit other precision is another result
+    ("fast", "fp32", "bf16", True),
+    ("bf16", "bf16", "fast", False),
+    ("fp32", "fp32", "bf16", True)])
+def test_the_precision_is_compared_as_it_computed(tmp_path, written, used, asked, refused):
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        saved = compose("config", overrides=[f"trainer.precision={written}"])
+        wanted = compose("config", overrides=[f"trainer.precision={asked}"])
+    OmegaConf.set_struct(saved, False)
+    saved.trainer.precision_used = used
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(saved))
+    if refused:
+        with pytest.raises(resume_guard.ConfigError, match=r"different config \(trainer\.precision, per its config"):
+            resume_guard.refuse_changed_config(wanted, tmp_path)
+    else:
+        resume_guard.refuse_changed_config(wanted, tmp_path)
