@@ -176,7 +176,8 @@ def _plan(args) -> list[PlannedRun]:
                                    cfg.schedule.iterations * cfg.optim.batch_size, _macs(m),
                                    recorded or where.precision,
                                    OmegaConf.to_container(cfg.data, resolve=True), where.device.type,
-                                   iterations_done(folder) if status in (PARTIAL, TRAINING) else 0))
+                                   iterations_done(folder) if status in (PARTIAL, TRAINING) and cfg.trainer.resume
+                                   else 0))
     return runs
 
 

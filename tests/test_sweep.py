@@ -205,7 +205,8 @@ def test_estimates_use_a_matching_benchmark_beside_results(tmp_path, capsys):
     bench = {**sweep_status.this_device("cpu"), "rows": [row]}
     (tmp_path / "bench").mkdir()
     (tmp_path / "bench" / "latest.json").write_text(json.dumps(bench))
-    args = sweep.parse_args(["--exp", "smoke", "--results", str(tmp_path), "trainer.precision=fp32"])
+    args_list = ["--exp", "smoke", "--results", str(tmp_path), "trainer.precision=fp32"]
+    args = sweep.parse_args(args_list)
     runs = sweep.plan(args)
     rates, used = sweep_status.calibration(str(tmp_path), "cpu")
     assert used == (tmp_path / "bench" / "latest.json").resolve() and rates == {"fp32": rate}
@@ -218,6 +219,8 @@ def test_estimates_use_a_matching_benchmark_beside_results(tmp_path, capsys):
     begun = sweep.plan(args)[0]
     assert (begun.status, begun.done) == ("partial", 30) and begun.iterations == 40
     assert sweep_status.estimate_seconds(begun, rates) == pytest.approx(runs[0].images / 4 * runs[0].macs / 1e9 / rate)
+    restarted = sweep.plan(sweep.parse_args([*args_list, "trainer.resume=false"]))[0]  # starts over: all of it
+    assert restarted.done == 0
     # a benchmark of another machine is never used
     (tmp_path / "bench" / "latest.json").write_text(json.dumps({**bench, "device_name": "Some Other CPU"}))
     assert sweep_status.calibration(str(tmp_path), "cpu")[1] != (tmp_path / "bench" / "latest.json").resolve()
