@@ -37,7 +37,7 @@ from torchvision import transforms as T
 
 from experiments.data import channel_stats
 from experiments import CONF
-from experiments.device import available_cores, cpu_name, native_bf16, resolve_device
+from experiments.device import available_cores, cpu_kind, cpu_name, native_bf16, resolve_device
 from experiments.models import blocks_per_stage, build_model
 from experiments.runfiles import atomic_write_json
 from experiments.train import git_commit
@@ -349,6 +349,8 @@ def main(argv=None) -> dict:
               "compile": args.compile, "cuda_graphs": args.cuda_graphs,
               "workers": args.workers, "num_train": args.num_train, "repeats": args.repeats, "notes": notes,
               "rows": rows, "depth_scaling": scaling}
+    if kind == "cpu":  # the planner matches benchmarks to CPUs by kind, not name alone (sweep_status.this_device)
+        result["cpu_capability"] = cpu_kind()["cpu_capability"]
     atomic_write_json(args.out, result)
     print(f"wrote {args.out}; total wall time {time.perf_counter() - start:.0f} s")
     return result

@@ -43,6 +43,21 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_kind() -> dict:
+    """What tells one kind of CPU from another, for speed and exact numerics alike: benchmarks that calibrate
+    the planner's estimates (sweep_status.this_device) and the tests' pinned metrics match on it. The name
+    alone is not enough: this project's VM has been an "AMD EPYC" with AVX512-BF16 and one with AVX2 only,
+    4.5x apart in fp32 speed and apart in the fifth digit of a metric."""
+    return {"cpu": cpu_name(), "native_bf16": cpu_supports_bf16(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def made_on_a_machine_like(record: dict, here: dict) -> bool:
+    """Whether `record` (a benchmark, a pin) was made on a machine like `here`: each key of `here` it holds
+    matches. A key it predates is passed over: records older than cpu_capability still match on the rest."""
+    return all(record[k] == v for k, v in here.items() if k in record)
+
+
 # -- what is there, without initialising CUDA ---------------------------------------------------------
 def detect_device_type() -> str:
     """cuda, then mps, then cpu, as `trainer.device=auto` picks; counts GPUs through NVML (honouring

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from experiments.device import available_cores, cpu_name, cpu_supports_bf16, nvml_gpu_name
+from experiments.device import available_cores, cpu_kind, made_on_a_machine_like, nvml_gpu_name
 from experiments.contract import (
     COMPLETED, CORRUPT, DAMAGED, FINISHED, MISSING, FormatError, lost_curve, read_json, read_metrics,
 )
@@ -78,14 +78,13 @@ def bench_files(results: str) -> list[Path]:
 
 def this_device(device: str) -> dict:
     """What a benchmark must have run on to calibrate runs on `device` here: device type, name; for a CPU
-    also its threads and whether it has native bf16. The name alone does not tell CPUs apart: this project's
-    VM has been an "AMD EPYC" with AVX512-BF16 and one with AVX2 only, 4.5x apart even in fp32."""
+    also its threads and its kind (device.cpu_kind: native bf16, kernel level)."""
     if device == "cuda":  # named through NVML: the planner never starts CUDA (issue 17)
         return {"device": "cuda", "device_name": nvml_gpu_name()}
     if device == "mps":
         return {"device": "mps", "device_name": "Apple MPS"}  # as `make bench` names it
-    return {"device": "cpu", "device_name": cpu_name(), "threads": available_cores(),
-            "native_bf16": cpu_supports_bf16()}
+    kind = cpu_kind()
+    return {"device": "cpu", "device_name": kind.pop("cpu"), "threads": available_cores(), **kind}
 
 
 def calibration(results: str, device: str) -> tuple[dict, Path | None]:
@@ -93,7 +92,7 @@ def calibration(results: str, device: str) -> tuple[dict, Path | None]:
     here = this_device(device)
     for path in bench_files(results):
         bench = read_json(path) or {}
-        if any(bench.get(k) != v for k, v in here.items()):
+        if "device_name" not in bench or not made_on_a_machine_like(bench, here):
             continue
         rates: dict[str, list[float]] = {}
         for r in bench.get("rows", []):

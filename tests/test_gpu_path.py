@@ -20,7 +20,7 @@ from experiments import sweep
 from experiments import train as train_mod
 from experiments.checks import ConfigError
 from experiments.data import DeviceBatches, load_data
-from experiments.device import RunDevice, cpu_name, cpu_supports_bf16, pick_device, resolve_precision
+from experiments.device import RunDevice, cpu_kind, made_on_a_machine_like, pick_device, resolve_precision
 from experiments.models import build_from_config
 from experiments.probes import evaluate
 from experiments.schedule import RunningError
@@ -31,12 +31,9 @@ QUIET = "trainer.progress=false"
 
 
 def pinned_here() -> dict | None:
-    """The pins of a machine like this one: same torch, CPU name, native bf16 and (where recorded) torch's CPU
-    kernel level. The name alone is not enough: an "AMD EPYC" with AVX512-BF16 and one with AVX2 only
-    differ in the fifth digit."""
-    here = {"torch_version": torch.__version__, "cpu": cpu_name(), "native_bf16": cpu_supports_bf16(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
-    return next((m for m in PINNED if all(m[k] == here[k] for k in m if k != "runs")), None)
+    """The pins of a machine like this one: same torch and CPU kind (device.cpu_kind)."""
+    here = {"torch_version": torch.__version__, **cpu_kind()}
+    return next((m for m in PINNED if made_on_a_machine_like(m, here)), None)
 
 
 # -- with compile and CUDA graphs off, a CPU run computes exactly what it did before the GPU path -----------

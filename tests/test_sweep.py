@@ -227,6 +227,12 @@ def test_estimates_use_a_matching_benchmark_beside_results(tmp_path, capsys):
     # nor one of a CPU of the same name with (or without) native bf16: the project's VM has been both, 4.5x apart
     (tmp_path / "bench" / "latest.json").write_text(json.dumps({**bench, "native_bf16": not bench["native_bf16"]}))
     assert sweep_status.calibration(str(tmp_path), "cpu")[1] != (tmp_path / "bench" / "latest.json").resolve()
+    # nor one at another kernel level; one written before benchmarks recorded it is matched on the rest
+    (tmp_path / "bench" / "latest.json").write_text(json.dumps({**bench, "cpu_capability": "AVX512"
+                                                                if bench["cpu_capability"] != "AVX512" else "AVX2"}))
+    assert sweep_status.calibration(str(tmp_path), "cpu")[1] != (tmp_path / "bench" / "latest.json").resolve()
+    (tmp_path / "bench" / "latest.json").write_text(json.dumps({k: v for k, v in bench.items() if k != "cpu_capability"}))
+    assert sweep_status.calibration(str(tmp_path), "cpu")[1] == (tmp_path / "bench" / "latest.json").resolve()
 
 
 def test_a_precision_the_benchmark_did_not_measure_gets_no_estimate(tmp_path, capsys):
