@@ -175,6 +175,8 @@ def test_two_kills_in_a_row_then_the_rerun_resumes_exactly(tmp_path, smoke_ref):
     assert printed_iters(out, "plain-8-none") == [30, 40] and printed_iters(out, "resnet-8-A") == list(POINTS)
     before = run_state(tmp_path)
     assert before["plain-8-none"][0] == "done" and before["resnet-8-A"] == ("ckpt", 40)
+    plan = subprocess.run([*sweep_cmd(tmp_path), "--dry-run"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert re.search(r"completed .*plain-8-none", plan.stdout) and re.search(r"partial .*resnet-8-A", plan.stdout)
     rc, out, err = run_sweep(tmp_path)
     assert rc == 0, err
     assert_rerun_resumed(tmp_path, before, out, smoke_ref)
