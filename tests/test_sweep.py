@@ -297,6 +297,25 @@ def test_make_help_explains_every_variable():
         assert len(line.split()) > 3, f"make help does not explain {name}"
 
 
+def test_a_python_of_your_own_is_used_as_it_is_and_checked_first(tmp_path):
+    import subprocess
+    import sys
+    # a Python with the suite installed (the test's own, by another name than the default): no .venv is built
+    ok = subprocess.run(["make", "-s", "sweep", f"PY={sys.executable}", "EXP=smoke", "DRY=1", f"RESULTS={tmp_path}"],
+                        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0 and "sweep smoke: 2 runs" in ok.stdout, ok.stderr
+    # one without it: one line that says how to install it, exit 2, nothing run
+    bare = tmp_path / "bare-python"
+    bare.write_text("#!/bin/sh\nexit 1\n")
+    bare.chmod(0o755)
+    bad = subprocess.run(["make", "-s", "sweep", f"PY={bare}", "EXP=smoke", f"RESULTS={tmp_path}"],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stdout == "" and not (tmp_path / "smoke").exists()
+    assert bad.stderr.splitlines()[0] == (f"error: PY={bare} lacks the suite or a package it needs; install them "
+                                          f"with '{bare} -m pip install -e .[test]', or leave PY unset to use .venv "
+                                          "(make setup)")
+
+
 def test_readme_gives_the_exact_command_of_every_committed_reference():
     # Each committed sweep recorded what Hydra was handed (multirun.yaml); a README `make sweep` line must
     # hand it exactly that (seeds, data, results folder), so anyone can reproduce the reference.
