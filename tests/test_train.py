@@ -91,14 +91,14 @@ def test_interrupted_carries_its_signal_to_the_exit_status_and_survives_pickling
     assert copied.exit_status == 130 and str(copied) == str(stopped)
 
 
-def test_kill_mid_metrics_line_and_mid_checkpoint_write_resume_cleanly(tmp_path, tiny_root):
-    for fault in ("append:metrics:2", "write:last.pt:2"):
-        args = [*TINY, f"results_dir={tmp_path / fault}"]
-        assert cli(*args, env={"SUITE_FAULT": fault}).returncode == -signal.SIGKILL
-        assert cli(*args).returncode == 0
-        folder = run_folder(tmp_path / fault)
-        assert metrics(folder) == metrics(tiny_root), fault
-        assert not list(folder.glob(".*.tmp"))
+def test_kill_mid_metrics_line_resumes_cleanly(tmp_path, tiny_root):
+    # a kill mid-checkpoint write is test_faults' (its two-kills trial, and the slow campaign)
+    args = [*TINY, f"results_dir={tmp_path}"]
+    assert cli(*args, env={"SUITE_FAULT": "append:metrics:2"}).returncode == -signal.SIGKILL
+    assert cli(*args).returncode == 0
+    folder = run_folder(tmp_path)
+    assert metrics(folder) == metrics(tiny_root)
+    assert not list(folder.glob(".*.tmp"))
 
 
 def test_a_completed_run_returns_at_once_without_training(tmp_path, monkeypatch):
