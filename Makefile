@@ -1,7 +1,8 @@
 # The degradation suite. `make help` lists the targets.
 SHELL := /bin/bash
 ## PY         the Python to run: .venv/bin/python, built by `make setup` (default), or your own with the suite installed
-PY ?= .venv/bin/python
+PY := .venv/bin/python
+# Only `make ... PY=...` sets it (a command line overrides :=); a PY in the environment, set for something else, does not.
 # .venv is built for the default PY only; another Python (a cluster's or conda environment) is checked, never changed:
 # -P keeps this folder off sys.path, so the check sees what is installed, not the source tree's egg-info.
 READY := $(if $(filter .venv/bin/python,$(PY)),.venv/.installed,py-ready)
