@@ -94,6 +94,8 @@ def calibration(results: str, device: str) -> tuple[dict, Path | None]:
         bench = read_json(path) or {}
         if "device_name" not in bench or not made_on_a_machine_like(bench, here):
             continue
+        if bench.get("compile") or bench.get("cuda_graphs"):  # `bench --compile`: not the default step's speed
+            continue
         rates: dict[str, list[float]] = {}
         for r in bench.get("rows", []):
             if r.get("device") == here["device"] and r.get("suite_images_per_s") and r.get("macs"):
