@@ -52,10 +52,14 @@ def cpu_kind() -> dict:
             "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
+# Identity keys added after records were first written: a record without one is matched on the rest.
+LATER_KEYS = ("cpu_capability",)
+
+
 def made_on_a_machine_like(record: dict, here: dict) -> bool:
-    """Whether `record` (a benchmark, a pin) was made on a machine like `here`: each key of `here` it holds
-    matches. A key it predates is passed over: records older than cpu_capability still match on the rest."""
-    return all(record[k] == v for k, v in here.items() if k in record)
+    """Whether `record` (a benchmark, a pin) was made on a machine like `here`: every key of `here` matches,
+    except a LATER_KEYS one the record predates."""
+    return all(record[k] == v if k in record else k in LATER_KEYS for k, v in here.items())
 
 
 # -- what is there, without initialising CUDA ---------------------------------------------------------

@@ -92,9 +92,8 @@ def calibration(results: str, device: str) -> tuple[dict, Path | None]:
     here = this_device(device)
     for path in bench_files(results):
         bench = read_json(path) or {}
-        if "device_name" not in bench or not made_on_a_machine_like(bench, here):
-            continue
-        if bench.get("compile") or bench.get("cuda_graphs"):  # `bench --compile`: not the default step's speed
+        # a benchmark of compiled or graphed steps (`bench --compile`) is not the default step's speed
+        if not made_on_a_machine_like(bench, here) or bench.get("compile") or bench.get("cuda_graphs"):
             continue
         rates: dict[str, list[float]] = {}
         for r in bench.get("rows", []):
