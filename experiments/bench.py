@@ -2,7 +2,7 @@
 
     python -m experiments.bench [--models resnet-20,resnet-56,plain-56] [--precisions fp32,bf16]
                                 [--iters N] [--repeats R] [--depths 20,56,110] [--out results/bench/latest.json]
-                                [--compile] [--cuda-graphs] [--suite-only]
+                                [--compile] [--cuda-graphs] [--suite-only] [--sync-start DIR --parties N]
 
 Per model and precision, at batch 128, on the same model, data and device:
   suite         experiments.train.Trainer's own step (RunDevice: channels_last, autocast, foreach/fused SGD)
@@ -11,16 +11,21 @@ Per model and precision, at batch 128, on the same model, data and device:
                 DataLoader(2 workers), NCHW model, plain SGD, loss.item() every step
   bound         the suite's step on one fixed batch already on the device: no data path at all
 The pipelines run in turn (suite, conventional, bound, suite, ...) after a warm-up; medians over repeats.
+Each window lasts about --window-s (2 s), sized from a probe of the pipeline's own speed. With --sync-start,
+several bench processes sharing one GPU time the same interval: each window starts at a file barrier and
+stops on the clock.
 `depth_scaling` times the suite loop on resnets of several depths: cost should be linear in depth.
 sweep.py's planner reads rows[*].{device, macs, suite_images_per_s} from the JSON: keep those names.
-One file on purpose (~360 lines): the three pipelines are timed by the same code on the same data, which
+One file on purpose (~450 lines): the three pipelines are timed by the same code on the same data, which
 is what makes their ratio fair; the trainer's public surface is all it borrows.
 """
 from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import math
+import os
 import resource
 import statistics
 import sys
@@ -37,7 +42,7 @@ from torchvision import transforms as T
 
 from experiments.data import channel_stats
 from experiments import CONF
-from experiments.device import available_cores, cpu_kind, cpu_name, native_bf16, resolve_device
+from experiments.device import available_cores, cpu_kind, cpu_name, native_bf16, tool_device
 from experiments.models import blocks_per_stage, build_model
 from experiments.runfiles import atomic_write_json
 from experiments.train import git_commit
@@ -45,7 +50,10 @@ from experiments.trainer import SYNC_EVERY, Trainer
 
 BATCH = 128          # the paper's mini-batch (Sec. 4.2)
 WINDOW_S = 2.0       # --iters auto: aim each timed window at about this long
+PROBE_S = 0.25       # ...sized from at least this long of steps: one step of a fast GPU is a few ms of noise
+CHUNK_S = 0.1        # --sync-start: how often a window looks at the clock (a sync each time)
 SEED = 0
+_WINDOWS = itertools.count()  # --sync-start: every party runs the same windows in the same order
 
 
 def make_trainer(arch: str, depth: int, precision: str, device: str, threads: int, num_train: int,
@@ -158,6 +166,44 @@ def images_per_s(run, n: int, device: torch.device) -> float:
     return n * BATCH / (time.perf_counter() - t0)
 
 
+def probe_rate(run, device: torch.device) -> float:
+    """images/s over at least PROBE_S of steps (doubling their number): the window sizes come from it."""
+    n = 1
+    while True:
+        rate = images_per_s(run, n, device)
+        if n * BATCH / rate >= PROBE_S:
+            return rate
+        n *= 2
+
+
+def window_steps(rate: float, seconds: float = WINDOW_S) -> int:
+    """Steps for a window of about `seconds` at `rate` images/s; no upper cap: on a fast GPU 2 s is
+    hundreds of steps, and a window of 50 (0.05-0.15 s) gave the planner noisy rates."""
+    return max(3, math.ceil(seconds * rate / BATCH))
+
+
+def images_per_s_for(run, seconds: float, device: torch.device, chunk: int) -> float:
+    """images/s over at least `seconds`, in chunks of steps with a sync after each: processes that start
+    together stop together (within a chunk), whatever their speed, so they time the same interval."""
+    sync(device)
+    t0, n = time.perf_counter(), 0
+    while (elapsed := time.perf_counter() - t0) < seconds:
+        run(chunk)
+        sync(device)
+        n += chunk
+    return n * BATCH / elapsed
+
+
+def wait_for_parties(folder: Path, tag: str, parties: int, timeout_s: float = 300) -> None:
+    """A barrier across processes: each drops `<tag>.<pid>` in `folder` and waits for `parties` of them."""
+    (folder / f"{tag}.{os.getpid()}").touch()
+    deadline = time.monotonic() + timeout_s
+    while (n := len(list(folder.glob(f"{tag}.*")))) < parties:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {n} of {parties} bench processes reached window {tag} in {folder}")
+        time.sleep(0.005)
+
+
 # -- peak memory of the suite loop ----------------------------------------------------------------------
 def reset_peak(device: torch.device) -> str:
     """Start a peak-memory window; returns how the peak is measured (stated in the JSON)."""
@@ -201,12 +247,10 @@ def bench_row(arch, depth, precision, args, pipelines=ALL, compile=False, cuda_g
     if "bound" in pipelines:
         runs |= {"bound": Bound(tr).steps}
     for run in runs.values():  # first steps build kernels/primitives and grow the allocator: untimed
-        run(args.warmup - 1)
-    rate = images_per_s(runs["suite"], 1, dev)  # the last warm-up step sizes the windows
-    iters = args.iters or min(50, max(3, math.ceil(WINDOW_S * rate / BATCH)))
-    for name, run in runs.items():
-        if name != "suite":
-            run(1)
+        run(args.warmup)
+    # Each pipeline's windows last about --window-s at its own speed (the conventional one is slower).
+    probed = {name: probe_rate(run, dev) for name, run in runs.items()} if not args.iters or args.sync_start else {}
+    iters = {name: args.iters or window_steps(probed[name], args.window_s) for name in runs}
     rates, peak = {name: [] for name in runs}, 0.0
     for _ in range(args.repeats):  # interleaved, so load changes hit every pipeline alike
         for name, run in runs.items():
@@ -214,13 +258,18 @@ def bench_row(arch, depth, precision, args, pipelines=ALL, compile=False, cuda_g
                 run(1)  # the loader prefetched while the others ran: spend that head start untimed
             if name == "suite":
                 method = reset_peak(dev)
-            rates[name].append(images_per_s(run, iters, dev))
+            if args.sync_start:  # the other processes start this window now too, and stop on the clock
+                wait_for_parties(args.sync_start, str(next(_WINDOWS)), args.parties)
+                chunk = max(1, math.ceil(CHUNK_S * probed[name] / BATCH))
+                rates[name].append(images_per_s_for(run, args.window_s, dev, chunk))
+            else:
+                rates[name].append(images_per_s(run, iters[name], dev))
             if name == "suite":
                 peak = max(peak, peak_mb(dev))
     med = {name: statistics.median(r) for name, r in rates.items()}
     row = {"model": f"{arch}-{depth}", "arch": arch, "depth": depth, "macs": tr.macs, "precision": precision,
            "device": dev.type, "compile": compile, "cuda_graphs": cuda_graphs,
-           "suite_images_per_s": round(med["suite"], 1), "iters": iters,
+           "suite_images_per_s": round(med["suite"], 1), "iters": iters["suite"],
            "peak_mem_mb": round(peak, 1), "peak_mem_method": method}
     if "bound" in med:
         row |= {"bound_images_per_s": round(med["bound"], 1), "overhead": round(1 - med["suite"] / med["bound"], 3)}
@@ -243,23 +292,59 @@ def parse_model(name: str) -> tuple[str, int]:
     return arch, int(depth)
 
 
+class Parser(argparse.ArgumentParser):
+    """A user's mistake ends as the suite's one line, `error: <what>; <fix>`, exit 2 (not usage plus a line)."""
+
+    def error(self, message):  # argparse's own complaints: an unknown flag, a value that is not a number
+        self.fail(f"{message}; see {self.prog} --help")
+
+    def fail(self, message):
+        self.exit(2, f"error: {message}\n")
+
+
+def out_problem(out: Path) -> str | None:
+    """Why `out` cannot be written (None: it can), found by trying now, not after minutes of measuring. A
+    folder made for the try is removed when the try fails: a refused --out leaves nothing behind."""
+    made = [d for d in (out.parent, *out.parent.parents) if not d.exists() and not d.is_symlink()]
+    try:
+        if out.is_dir():
+            return f"--out {out} is a folder; pass --out <file path>.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out.parent).close()
+        return None
+    except OSError as e:
+        for d in made:  # innermost first
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+        file = next((d for d in out.parents if d.is_file()), None)
+        why = f"{file} is a file, not a folder" if file is not None else e.strerror
+        return f"cannot write {out} ({why}); pass --out <path in a writable folder>"
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m experiments.bench", description=__doc__.split("\n\n")[0])
     csv = lambda s: [x for x in s.split(",") if x]  # noqa: E731
     p.add_argument("--models", type=csv, default=csv("resnet-20,resnet-56,plain-56"))
     p.add_argument("--precisions", type=csv, default=csv("fp32,bf16"))
     p.add_argument("--depths", type=lambda s: [int(x) for x in csv(s)], default=[20, 56, 110],
                    help="resnet depths of the depth-scaling rows (suite loop only); empty to skip")
-    p.add_argument("--iters", type=int, default=0, help="timed steps per window; 0: about 2 s per window")
+    p.add_argument("--iters", type=int, default=0, help="timed steps per window; 0: about --window-s per window")
+    p.add_argument("--window-s", type=float, default=WINDOW_S, help="seconds per timed window with --iters 0")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per pipeline before timing")
     p.add_argument("--threads", type=int, default=available_cores(), help="compute threads (default: all cores)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the conventional pipeline")
-    p.add_argument("--num-train", type=int, default=10_000, help="fake training images (both pipelines)")
-    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, ...")
+    p.add_argument("--num-train", type=int, default=10_000, help=f"fake training images (both pipelines), >= {BATCH}")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     p.add_argument("--compile", action="store_true", help="trainer.compile=true: torch.compile the model")
     p.add_argument("--cuda-graphs", action="store_true", help="trainer.cuda_graphs=true (CUDA only)")
     p.add_argument("--suite-only", action="store_true", help="time only the suite loop (no conventional, no bound)")
+    p.add_argument("--sync-start", type=Path, metavar="DIR",
+                   help="start every timed window together with --parties bench processes (a file barrier in "
+                        "DIR) and time it by the clock, --window-s long: processes sharing a GPU (needs --suite-only)")
+    p.add_argument("--parties", type=int, default=2, help="processes meeting at --sync-start")
     p.add_argument("--out", type=Path, default=Path("results/bench/latest.json"))
     args = p.parse_args(argv)
     try:
@@ -267,25 +352,27 @@ def parse_args(argv=None):
         for d in args.depths:
             blocks_per_stage(d)
     except ValueError as e:
-        p.error(str(e))
+        p.fail(str(e))
     if bad := [x for x in args.precisions if x not in ("fp32", "bf16")]:
-        p.error(f"unknown precision {bad[0]!r}; choose fp32 and/or bf16")
-    if min(args.repeats, args.warmup, args.threads) < 1 or args.iters < 0 or args.workers < 0:
-        p.error("--repeats, --warmup and --threads must be >= 1; --iters and --workers >= 0")
+        p.fail(f"unknown precision {bad[0]!r}; choose fp32 and/or bf16")
+    if min(args.repeats, args.warmup, args.threads, args.parties) < 1 or args.iters < 0 or args.workers < 0:
+        p.fail("--repeats, --warmup, --threads and --parties must be >= 1; --iters and --workers >= 0")
+    if args.num_train < BATCH:  # every pipeline draws whole batches of 128
+        p.fail(f"--num-train {args.num_train} is less than one batch of {BATCH} images; use --num-train {BATCH} "
+               f"or more (default 10000)")
+    if not args.window_s > 0:
+        p.fail(f"--window-s {args.window_s} must be a positive number of seconds (default {WINDOW_S})")
+    if args.sync_start is not None and not (args.suite_only and args.sync_start.is_dir()):
+        p.fail("--sync-start needs --suite-only and an existing folder that the bench processes share")
     try:
-        args.device = str(resolve_device(args.device))  # auto: as a run's trainer.device=auto picks
-        kind = torch.device(args.device).type
-    except RuntimeError:
-        p.error(f"--device {args.device!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
-    if (kind == "cuda" and not torch.cuda.is_available()) or (kind == "mps" and not torch.backends.mps.is_available()):
-        p.error(f"--device {args.device}: no such device here; use --device auto or cpu")
-    if args.cuda_graphs and kind != "cuda":
-        p.error(f"--cuda-graphs needs a CUDA device, and this bench runs on {kind}; drop --cuda-graphs")
-    try:  # find out now, not after minutes of measuring
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=args.out.parent).close()
-    except OSError as e:
-        p.error(f"cannot write {args.out} ({e.strerror}); pass --out <path in a writable folder>")
+        dev = tool_device(args.device)  # auto: as a run's trainer.device=auto picks; cuda with its index
+    except ValueError as e:
+        p.fail(str(e))
+    args.device = str(dev)
+    if args.cuda_graphs and dev.type != "cuda":
+        p.fail(f"--cuda-graphs needs a CUDA device, and this bench runs on {dev.type}; drop --cuda-graphs")
+    if problem := out_problem(args.out):
+        p.fail(problem)
     return args
 
 
@@ -293,6 +380,8 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     start = time.perf_counter()
     kind = torch.device(args.device).type
+    if kind == "cuda":  # cuda:N: this process's "cuda" (the trainer's, CUDA graphs' streams) is that GPU
+        torch.cuda.set_device(torch.device(args.device))
     native = native_bf16(torch.device(args.device))
     notes = []
     precisions = args.precisions

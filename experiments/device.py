@@ -102,6 +102,19 @@ def nvml_gpus() -> list[dict] | None:
         return None
 
 
+def nvml_driver_version() -> str | None:
+    """The NVIDIA driver's version ("570.124.06"), or None where NVML is missing. No CUDA context."""
+    from ctypes import CDLL, create_string_buffer
+    try:
+        nvml = CDLL("libnvidia-ml.so.1")
+        text = create_string_buffer(96)
+        if nvml.nvmlInit_v2() != 0 or nvml.nvmlSystemGetDriverVersion(text, 96) != 0:
+            return None
+        return text.value.decode(errors="replace")
+    except (OSError, AttributeError):
+        return None
+
+
 def nvml_compute_capabilities() -> list[tuple[int, int]] | None:
     gpus = nvml_gpus()
     return None if gpus is None else [g["capability"] for g in gpus]
@@ -191,6 +204,33 @@ def resolve_device(setting) -> torch.device:
     return torch.device(detect_device_type() if setting == "auto" else str(setting))
 
 
+TOOL_DEVICES = "auto, cpu, cuda, cuda:N or mps"
+
+
+def tool_device(setting: str) -> torch.device:
+    """A tool's --device (bench, gpu-check) as a device this machine has; CUDA with its index, since
+    torch.cuda.set_device refuses a bare "cuda" (ValueError: Expected a torch.device with a specified
+    index) and a child process is told its GPU by index. GPUs are counted through NVML: nothing starts
+    CUDA here. Raises ValueError, one line naming the fix."""
+    try:
+        device = resolve_device(setting)
+    except RuntimeError:
+        raise ValueError(f"--device {setting!r} is not a device; use {TOOL_DEVICES}") from None
+    if device.type == "cuda":
+        n = torch.cuda.device_count()
+        index = 0 if device.index is None else device.index  # bare "cuda": the current GPU, 0 in a new process
+        if n == 0:
+            raise ValueError(f"--device {setting}: no CUDA GPU is visible here; use --device auto or cpu")
+        if index >= n:
+            raise ValueError(f"--device {setting}: only cuda:0 to cuda:{n - 1} are visible; use one of them or auto")
+        return torch.device("cuda", index)
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {setting}: this machine has no MPS (Apple GPU); use --device auto or cpu")
+    if device.type not in ("cpu", "mps"):
+        raise ValueError(f"--device {setting}: the suite runs on cpu, cuda or mps only; use {TOOL_DEVICES}")
+    return device
+
+
 @dataclass(frozen=True)
 class ResolvedTrainer:
     """trainer.device / precision / threads / channels_last as they resolve on this machine."""
@@ -234,12 +274,26 @@ def pick_device(trainer, recorded_precision: str | None = None) -> RunDevice:
     elif precision == "bf16" and not native:
         note = f"trainer.precision=bf16 on a {device.type} without native bf16: emulated, likely slower than fp32"
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
+        # Fixed shapes: let cuDNN time its kernels once and keep the fastest. Not where determinism was asked
+        # for (gpu-check's resume comparison): timing may pick other kernels after a restart.
+        torch.backends.cudnn.benchmark = not torch.backends.cudnn.deterministic
     return RunDevice(device, precision, resolved.channels_last, bool(trainer.compile), resolved.threads,
                      bool(trainer.get("cuda_graphs", False)), note)
 
 
-# -- one run per GPU under LAUNCHER=joblib ----------------------------------------------------------------
+# -- one run per GPU: LAUNCHER=joblib places them, LAUNCHER=local cannot ---------------------------------
+def local_launcher_problem() -> str | None:
+    """Why LAUNCHER=local must not run here, or None. submitit's local executor starts every run at once
+    and sets each one's CUDA_VISIBLE_DEVICES from gpus_per_node: 0 hides the GPUs (the runs train on the
+    CPU while the planner estimates CUDA time), 1 puts every run on GPU 0. Its Hydra config has no way to
+    spread them; joblib's workers claim a GPU each (claim_gpu)."""
+    n = torch.cuda.device_count()  # NVML, honouring CUDA_VISIBLE_DEVICES: `CUDA_VISIBLE_DEVICES=` opts out
+    if n == 0:
+        return None
+    return (f"LAUNCHER=local cannot give runs their own GPU (submitit's local executor starts them all at once, "
+            f"hiding the {n} GPU(s) here or putting every run on GPU 0); use LAUNCHER=joblib JOBS={n}")
+
+
 _CLAIMED: tuple | None = None  # (slot lock, GPU id) held for this worker process's life
 
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import multiprocessing as mp
+import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -45,14 +49,89 @@ def test_bench_writes_every_field(tmp_path, capsys):
     assert not list(out.parent.glob(".*.tmp"))  # written atomically
 
 
-@pytest.mark.parametrize("argv", [["--models", "resnet-9"], ["--models", "wide-20"], ["--precisions", "fp16"],
-                                  ["--depths", "21"], ["--repeats", "0"], ["--device", "nonsense"],
-                                  ["--out", "/proc/no/latest.json"]])
-def test_bad_arguments_end_with_one_clear_line(argv, capsys):
+@pytest.mark.parametrize("argv,needle", [
+    (["--models", "resnet-9"], "is not 6n+2"), (["--models", "wide-20"], "is not <resnet|plain>-<depth>"),
+    (["--precisions", "fp16"], "choose fp32 and/or bf16"), (["--depths", "21"], "is not 6n+2"),
+    (["--repeats", "0"], "must be >= 1"), (["--device", "nonsense"], "is not a device; use auto, cpu"),
+    (["--device", "mps"], "no MPS (Apple GPU); use --device auto or cpu"),  # it ran anyway before
+    (["--device", "cuda:1"], "no CUDA GPU is visible here"), (["--window-s", "0"], "positive number of seconds"),
+    (["--num-train", "5"], "less than one batch of 128 images; use --num-train 128"),  # was a traceback
+    (["--sync-start", "shared"], "needs --suite-only"), (["--iters", "x"], "invalid int value"),
+    (["--out", "afile/latest.json"], "afile is a file, not a folder"),
+    (["--out", "afile/sub/latest.json"], "afile is a file, not a folder"),
+    (["--out", "/proc/no/latest.json"], "cannot write /proc/no/latest.json")])
+def test_bad_arguments_end_with_one_clear_line_and_write_nothing(argv, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default --out, results/bench/latest.json, would land here
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    (tmp_path / "afile").write_text("not a folder\n")
+    (tmp_path / "shared").mkdir()
+    before = sorted(tmp_path.rglob("*"))
     with pytest.raises(SystemExit) as e:
         bench.parse_args(argv)
-    last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert e.value.code == 2 and last.startswith("python -m experiments.bench: error: ") and len(last) > 50
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+# -- windows: about 2 s by the clock, not capped at 50 steps; several processes time the same interval ------
+def test_windows_last_about_two_seconds_on_a_fast_gpu(monkeypatch):
+    """A GPU's ResNet-20 at 30,000 images/s: 50 steps (the old cap) is a 0.2 s window, too noisy for the
+    planner's calibration. The windows are sized from a probe of at least PROBE_S instead."""
+    timed = []
+
+    def fast(run, n, device):  # every timed stretch reports the fast GPU's rate; nothing runs
+        timed.append(n)
+        return 30_000.0
+    monkeypatch.setattr(bench, "images_per_s", fast)
+    args = SimpleNamespace(device="cpu", threads=1, num_train=256, workers=0, warmup=1, iters=0, repeats=2,
+                           window_s=bench.WINDOW_S, sync_start=None, parties=1)
+    row = bench.bench_row("resnet", 8, "fp32", args, ("suite",))
+    steps = math.ceil(bench.WINDOW_S * 30_000 / bench.BATCH)  # 469
+    assert row["iters"] == steps and timed[-2:] == [steps, steps] and row["suite_images_per_s"] == 30_000
+    probe = timed[:-2]  # doubling until the probe lasts PROBE_S: 1, 2, ..., 64 steps (0.27 s)
+    assert probe == [2 ** k for k in range(len(probe))] and probe[-1] * bench.BATCH / 30_000 >= bench.PROBE_S
+    assert bench.window_steps(71.0) == 3  # a CPU's ResNet-56: at least 3 steps, as before
+
+
+def test_a_clock_timed_window_runs_until_its_time_is_up():
+    steps = []
+
+    def run(n):
+        steps.append(n)
+        time.sleep(0.02)
+    rate = bench.images_per_s_for(run, 0.1, torch.device("cpu"), chunk=3)
+    assert sum(steps) >= 15 and set(steps) == {3}  # at least 5 chunks of 20 ms
+    assert rate == pytest.approx(sum(steps) * bench.BATCH / (0.02 * len(steps)), rel=0.5)
+
+
+def test_the_barrier_starts_every_party_together(tmp_path):
+    ctx = mp.get_context("fork")
+    passed = ctx.Queue()
+
+    def party(delay):
+        time.sleep(delay)
+        bench.wait_for_parties(tmp_path, "0", 2, timeout_s=30)
+        passed.put(time.monotonic())
+    procs = [ctx.Process(target=party, args=(d,)) for d in (0.0, 0.5)]  # one arrives half a second late
+    t0 = time.monotonic()
+    for p in procs:
+        p.start()
+    times = [passed.get(timeout=30) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+    assert min(times) - t0 >= 0.5 and max(times) - min(times) < 0.4  # the early one waited for the late one
+    with pytest.raises(RuntimeError, match="only 1 of 2 bench processes reached window 1"):
+        bench.wait_for_parties(tmp_path, "1", 2, timeout_s=0.05)
+
+
+def test_sync_start_times_windows_by_the_clock_after_the_barrier(tmp_path):
+    args = SimpleNamespace(device="cpu", threads=1, num_train=256, workers=0, warmup=1, iters=0, repeats=1,
+                           window_s=0.3, sync_start=tmp_path, parties=1)
+    t0 = time.perf_counter()
+    row = bench.bench_row("resnet", 8, "fp32", args, ("suite",))
+    assert row["suite_images_per_s"] > 0 and time.perf_counter() - t0 >= 0.3
+    assert len(list(tmp_path.glob("*.*"))) == 1  # this process's mark at the window's barrier
 
 
 # -- (a) the same augmentation distribution as torchvision --------------------------------------------------
