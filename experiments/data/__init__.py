@@ -12,10 +12,10 @@
 The names other modules use are importable from here.
 """
 from experiments.data.batches import DeviceBatches, augment_batch, crop_flip
-from experiments.data.dataset import (AUGMENTATIONS, DEFAULT_AUGMENT, CifarData, channel_stats, load_data,
-                                      validate_data_config)
+from experiments.data.dataset import (AUGMENTATIONS, DEFAULT_AUGMENT, CifarData, channel_stats, check_data_option,
+                                      load_data, validate_data_config)
 from experiments.data.sources import CLASSES, SOURCES, DataError, DataUnavailable, prepare_source
 
 __all__ = ["AUGMENTATIONS", "CLASSES", "DEFAULT_AUGMENT", "SOURCES", "CifarData", "DataError", "DataUnavailable",
-           "DeviceBatches", "augment_batch", "channel_stats", "crop_flip", "load_data", "prepare_source",
-           "validate_data_config"]
+           "DeviceBatches", "augment_batch", "channel_stats", "check_data_option", "crop_flip", "load_data",
+           "prepare_source", "validate_data_config"]

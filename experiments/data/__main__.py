@@ -10,7 +10,7 @@ import time
 import torch
 
 from experiments import CONF
-from experiments.data.dataset import CifarData, channel_stats, load_data
+from experiments.data.dataset import CifarData, channel_stats, check_data_option, load_data
 from experiments.data.sources import CLASSES, DataError
 
 
@@ -38,6 +38,14 @@ def main() -> None:
     if "--data-root" in sys.argv[1:-1]:
         i = sys.argv.index("--data-root")
         sys.argv[i:i + 2] = [f"data.root={hydra_quote(sys.argv[i + 1])}"]
+
+    try:  # `make data DATA=nosuch`: one line here, not Hydra's many after composing
+        for arg in sys.argv[1:]:
+            if arg.lstrip("+").startswith("data="):
+                check_data_option(arg.split("=", 1)[1])
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
     @hydra.main(config_path=str(CONF), config_name="config", version_base="1.3")
     def describe(cfg) -> None:

@@ -4,7 +4,9 @@ costs seconds. The key is a hash of the cache version, the source, the split and
 fingerprint: a changed input or layout simply stops matching, and a damaged file is rebuilt."""
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import os
 import sys
 import zlib
@@ -89,9 +91,7 @@ def _cached(cache_dir: str | None, name: str, key: str, decode, built: list | No
         if hit is not None:
             return *hit, path
         images, labels = decode()
-        entry = {"key": key, "images": images, "labels": labels, "digest": _digest(images, labels)}
-        # 0644 whatever the umask: the cache is shared by everyone's runs
-        atomic_write(Path(path), lambda f: torch.save(entry, f), mode=0o644)
+        _write(path, {"key": key, "images": images, "labels": labels, "digest": _digest(images, labels)})
         if built is not None:
             built.append((path, made_dir))
         return images, labels, path
@@ -103,6 +103,22 @@ def _cached(cache_dir: str | None, name: str, key: str, decode, built: list | No
         raise
     finally:
         lock.release()
+
+
+def _write(path: str, entry: dict) -> None:
+    """The cache file, whole or not at all; a full disk is one DataError naming the file and the fix.
+    Serialised in memory first (one copy of the split, ~180 MB at most): torch.save writing straight to
+    a full disk says only "enforce fail at inline_container.cc", while a plain write keeps the errno."""
+    buffer = io.BytesIO()
+    torch.save(entry, buffer)
+    try:  # 0644 whatever the umask: the cache is shared by everyone's runs
+        atomic_write(Path(path), lambda f: f.write(buffer.getbuffer()), mode=0o644)
+    except OSError as e:
+        code = errno.errorcode.get(e.errno, "") if e.errno else ""
+        fix = ("free disk space there" if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+               else "make that folder writable")
+        raise DataError(f"cannot write the data cache {path} ({code + ': ' if code else ''}{e.strerror or e}); "
+                        f"{fix}, or set data.cache_dir=<another folder> (null: no cache, decode every run)") from None
 
 
 def _remove(path: str, how) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from experiments import CONF
 from experiments.data.cache import discard, load_split
 from experiments.data.sources import CLASSES, SOURCES, DataError
 
@@ -36,6 +37,18 @@ class CifarData:
     source: str
     split: str                   # what the eval images are: "test" or "val"
     cache_files: tuple[str, ...] = ()  # every cache file this load used: train first, then test (none for fake)
+
+
+def data_options() -> list[str]:
+    """The `data` config group's options (DATA=): conf/data/*.yaml."""
+    return sorted(p.stem for p in (CONF / "data").glob("*.yaml"))
+
+
+def check_data_option(name: str) -> None:
+    """DataError unless `name` is one of data_options(). Hydra takes a path into another group
+    (DATA=../experiment/smoke) as a data file and fails later in many lines, or not at all."""
+    if name not in data_options():
+        raise DataError(f"unknown DATA {name!r}; choose one of {', '.join(data_options())}")
 
 
 def validate_data_config(cfg) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import posixpath
 import shutil
 import tarfile
 import zlib
@@ -156,23 +157,14 @@ def _tree_split_dir(root: str, split: str) -> str | None:
 
 
 def _folder_entries(root: str, split: str):
-    """(path shown in errors, parts below <split>/, bytes or None for a folder) for everything under
-    <root>/<split>/ or <root>/<single top folder>/<split>/; `root` is a folder or a tar archive."""
+    """(path shown in errors, parts below <split>/, bytes or path of a file, or None for a folder) for
+    everything under <root>/<split>/ or <root>/<single top folder>/<split>/; `root` is a folder or a tar
+    archive."""
     entries, tops = [], set()
     if os.path.isfile(root):
         try:
             with tarfile.open(root, "r:*") as tf:
-                for m in tf:  # one streaming pass; only the requested split's bytes are kept
-                    parts = [p for p in m.name.split("/") if p not in ("", ".")]
-                    if len(parts) > 1 and parts[0] == split:
-                        tops.add("")
-                    elif len(parts) > 2 and parts[1] == split:
-                        tops.add(parts[0])
-                    else:
-                        continue
-                    rel = parts[1:] if parts[0] == split else parts[2:]
-                    if m.isfile() or m.isdir():
-                        entries.append((f"{root}:{m.name}", rel, tf.extractfile(m).read() if m.isfile() else None))
+                entries, tops = _archive_entries(tf, root, split)
         except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
             # tarfile's "r:*" lists every compression it tried, one per line: keep the first line only
             reason = str(e).splitlines()[0].rstrip(":") if str(e) else type(e).__name__
@@ -191,6 +183,87 @@ def _folder_entries(root: str, split: str):
         raise DataError(f"no single {split}/ folder in {root} ({how}); expected {root}/{split}/<class>/*.png|jpg "
                         f"(or one top-level folder holding train/ and test/)")
     return entries
+
+
+# A 32x32 image is 3 KiB of pixels; a PNG or JPEG of one stays far below this even with a colour profile
+# and EXIF/XMP blocks. A larger archive member cannot be an image: it is refused from its header, before
+# a byte of it is read (a 1000:1 compressed member would otherwise fill the memory).
+MAX_IMAGE_BYTES = 1 << 20
+# The bytes of one split's members are held until decoded: the PNG copy of CIFAR-10 is ~150 MB, the JPEG
+# copy 19 MB. Many members just under MAX_IMAGE_BYTES would add up; a bigger split is refused as it grows.
+MAX_SPLIT_BYTES = 2 << 30
+MAX_LINK_HOPS = 40  # as Linux's MAXSYMLINKS: a longer chain of links is a loop
+
+
+def _archive_entries(tf: tarfile.TarFile, root: str, split: str):
+    """_folder_entries of an archive, in one streaming pass that keeps only this split's bytes. Hard and
+    symbolic links are read as the files they name inside the archive (a tree and its tarball read the
+    same); one that names nothing in the archive is refused."""
+    entries, tops, members, links, total = [], set(), {}, [], 0
+    for m in tf:
+        name = _member_name(m.name)
+        members[name] = m  # headers only: what a link may name
+        parts = name.split("/")
+        if len(parts) > 1 and parts[0] == split:
+            tops.add("")
+        elif len(parts) > 2 and parts[1] == split:
+            tops.add(parts[0])
+        else:
+            continue
+        rel, shown = parts[1:] if parts[0] == split else parts[2:], f"{root}:{m.name}"
+        if m.isdir():
+            entries.append((shown, rel, None))
+        elif m.isfile():
+            total = _check_size(m, shown, total, root, split)
+            entries.append((shown, rel, tf.extractfile(m).read()))
+        elif m.islnk() or m.issym():  # resolved once every header is known: a symlink may point ahead
+            links.append((len(entries), m))
+            entries.append((shown, rel, b""))
+    targets = []
+    for i, m in links:
+        target = _link_target(m, members, root)
+        total = _check_size(target, f"{root}:{m.name}", total, root, split)
+        targets.append((i, target))
+    # Read in archive order: a compressed stream seeks forward cheaply, backward only by starting over.
+    for i, target in sorted(targets, key=lambda t: t[1].offset_data):
+        shown, rel, _ = entries[i]
+        entries[i] = (shown, rel, tf.extractfile(target).read())
+    return entries, tops
+
+
+def _member_name(name: str) -> str:
+    """An archive name as a relative POSIX path: './train/cat/1.png' and 'train//cat/1.png' are 'train/cat/1.png'."""
+    return posixpath.normpath(name).lstrip("/")
+
+
+def _check_size(m: tarfile.TarInfo, shown: str, total: int, root: str, split: str) -> int:
+    """The split's byte count with member `m` added; DataError, before reading it, when too big."""
+    if m.size > MAX_IMAGE_BYTES:
+        raise DataError(f"archive member {shown} is {m.size:,} bytes, more than any 32x32 image could be "
+                        f"({MAX_IMAGE_BYTES:,}); not read; remove it from {root} or unpack the archive")
+    total += m.size
+    if total > MAX_SPLIT_BYTES:
+        raise DataError(f"the {split}/ images in {root} add up to more than {MAX_SPLIT_BYTES:,} bytes, far more "
+                        f"than CIFAR-10 (~150 MB as PNG); not read; check the archive or unpack it")
+    return total
+
+
+def _link_target(link: tarfile.TarInfo, members: dict, root: str) -> tarfile.TarInfo:
+    """The regular member a hard or symbolic link member names, through any chain of links."""
+    m = link
+    for _ in range(MAX_LINK_HOPS):
+        if not (m.islnk() or m.issym()):
+            break
+        # a hard link names an archive path; a symlink a path relative to its own folder
+        name = m.linkname if m.islnk() else posixpath.join(posixpath.dirname(_member_name(m.name)), m.linkname)
+        m = None if posixpath.isabs(name) else members.get(posixpath.normpath(name))
+        if m is None:
+            raise DataError(f"archive member {root}:{link.name} links to {name}, which is not a file in the "
+                            f"archive; store the file itself (tar -h stores files, not links) or unpack it")
+    if not m.isfile():
+        raise DataError(f"archive member {root}:{link.name} is a link to a folder or a loop of links, not an "
+                        f"image; remove it from the archive or unpack it")
+    return m
 
 
 def _decode_folder(root: str, split: str):
