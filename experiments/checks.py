@@ -18,6 +18,7 @@ import torch
 from experiments.data import DataError, validate_data_config
 from experiments.device import PRECISIONS, resolve_device
 from experiments.models import build_from_config
+from experiments.stopping import parse_duration
 
 
 class ConfigError(ValueError):
@@ -86,6 +87,11 @@ def check_trainer(trainer) -> None:
     for key in ("compile", "cuda_graphs"):
         if not isinstance(trainer.get(key, False), bool):
             raise ConfigError(f"trainer.{key} must be true or false, got {trainer.get(key)!r}")
+    if trainer.get("time_limit") not in (None, ""):
+        try:
+            parse_duration(trainer.time_limit)
+        except ValueError as e:
+            raise ConfigError(str(e).replace("TIME_LIMIT", "trainer.time_limit")) from None
     if trainer.channels_last not in ("auto", True, False):
         raise ConfigError(f"trainer.channels_last must be auto, true or false, got {trainer.channels_last!r}")
     dev = str(trainer.device)

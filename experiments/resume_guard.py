@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.checks import ConfigError
 from experiments.data import DEFAULT_AUGMENT
 from experiments.device import RunDevice
-from experiments.contract import read_json
+from experiments.contract import FINISHED, read_json
+from experiments.runfiles import UnsafeCheckpoint, load_checkpoint
 from experiments.schedule import LrSchedule
 
 # Keys (or whole groups) that change what a run computes.
@@ -30,8 +30,9 @@ NOT_RESULT_KEYS = {
     "data.root": "where the images are read from (the official archive is checksum-verified)",
     "data.download": "whether a missing archive may be fetched",
     "data.cache_dir": "where decoded images are cached (keyed by the source's fingerprint)",
-    "trainer.device": "where it computes: a resume elsewhere keeps the recorded precision (precision_used) and "
-                      "differs only as the devices' arithmetic does",
+    "trainer.device": "where it computes: a resume elsewhere keeps the recorded precision (precision_used); it "
+                      "differs as the devices' arithmetic does and, on another device type, in its batches too "
+                      "(CUDA's and the CPU's generators draw different crops, flips and orders from one seed)",
     "trainer.threads": "CPU threads: speed (the last bits of a CPU sum may differ)",
     "trainer.channels_last": "memory layout: speed",
     "trainer.compile": "torch.compile: speed",
@@ -40,6 +41,7 @@ NOT_RESULT_KEYS = {
                                "(its sums may differ in the last bits)",
     "trainer.ckpt_every": "how often progress is saved",
     "trainer.resume": "whether to continue at all",
+    "trainer.time_limit": "when this invocation stops (a checkpoint, then a resume): not what it computes",
     "trainer.progress": "what is shown while training",
 }
 # Result-config leaves the suite gained after runs were already recorded, with the value that a run
@@ -120,24 +122,28 @@ def saved_result_config(path: Path) -> dict | None:
 
 def checkpoint_result_config(path: Path) -> dict | None:
     """The result config a checkpoint was written under (None: no readable checkpoint, or one from
-    before checkpoints carried it)."""
+    before checkpoints carried it). A checkpoint that holds more than data is refused (ConfigError):
+    it is never unpickled, and the run's files stay as they are."""
     if not path.exists():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = load_checkpoint(path)
+    except UnsafeCheckpoint as e:
+        raise ConfigError(str(e)) from None
     except Exception:  # unreadable: Trainer.load names it and trains from the start
         return None
-    saved = state.get("result_config") if isinstance(state, dict) else None
+    saved = state.get("result_config")
     return saved if isinstance(saved, dict) else None
 
 
-def refuse_changed_config(cfg: DictConfig, folder: Path) -> None:
+def refuse_changed_config(cfg: DictConfig, folder: Path, finished: bool = False) -> None:
     """Raise ConfigError when what the folder holds was computed under another result config. Every
     record is asked, so a deleted or garbled config.yaml cannot let a run resume under a new config:
-    config.yaml, the checkpoint (which carries its config), and summary.json's restated fields."""
+    config.yaml, the checkpoint (which carries its config), and summary.json's restated fields. A
+    `finished` run is never resumed, so its checkpoint is not even opened."""
     current, recorded = result_config(cfg), recorded_precision(folder / "config.yaml")
     checks = [("config.yaml", saved_result_config(folder / "config.yaml")),
-              ("last.pt", checkpoint_result_config(folder / "last.pt"))]
+              ("last.pt", None if finished else checkpoint_result_config(folder / "last.pt"))]
     changed: dict[str, list[str]] = {}
     for source, saved in checks:
         if saved is not None:
@@ -152,6 +158,40 @@ def refuse_changed_config(cfg: DictConfig, folder: Path) -> None:
             raise ConfigError(
                 f"{folder} holds a run with a different config ({', '.join(keys)}, per its {source}); "
                 f"use trainer.resume=false to start it over or experiment_name=... for a new folder")
+
+
+# -- one recipe per experiment folder ---------------------------------------------------------------------
+# What may differ between the finished runs of one experiment by design: the seed and the precision (the
+# report names mixed pairs) for every run, and across nets the net itself and its warm-up (the paper warms
+# up ResNet-110 only). Anything else is another recipe, which the report must never pool.
+PER_RUN, PER_NET = ("seed", "trainer.precision"), ("model.", "schedule.warmup")
+
+
+def finished_recipes(runs_dir: Path) -> list[tuple[Path, dict]]:
+    """(folder, result config) of every finished run under an experiment's runs/ folder."""
+    out = []
+    for config in sorted(runs_dir.glob("*/seed=*/config.yaml")):
+        summary = read_json(config.parent / "summary.json")
+        saved = saved_result_config(config) if isinstance(summary, dict) and summary.get("status") in FINISHED \
+            else None
+        if saved is not None:
+            out.append((config.parent, saved))
+    return out
+
+
+def refuse_other_recipe(cfg: DictConfig, folder: Path, finished: list[tuple[Path, dict]]) -> None:
+    """ConfigError when the run `cfg` would train under another recipe than the finished runs beside it
+    (`finished_recipes`): a sweep that adds seeds with a changed lr is refused before it trains anything."""
+    current = result_config(cfg)
+    for other, saved in finished:
+        if other == folder:
+            continue  # its own folder: refuse_changed_config
+        allowed = PER_RUN + (PER_NET if other.parent.name != folder.parent.name else ())
+        keys = [k for k in changed_keys(saved, current) if not k.startswith(allowed)]
+        if keys:
+            raise ConfigError(f"{folder.parent.name} {folder.name} would train with another {', '.join(keys)} than "
+                              f"the finished run {other}; keep its recipe, or train apart with experiment_name=... "
+                              f"or RESULTS=...")
 
 
 # -- the precision a run computes in stays what it started in -------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import pickle
 import re
 from pathlib import Path
 
@@ -68,8 +69,35 @@ def atomic_write_json(path: Path, obj: dict) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    _atomic(path, lambda f: f.write(data))
+
+
 def atomic_torch_save(path: Path, obj: dict) -> None:
     _atomic(path, lambda f: torch.save(obj, f))
+
+
+class UnsafeCheckpoint(Exception):
+    """A checkpoint that holds more than data (its unpickling would call code): never loaded."""
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A last.pt read as data only: tensors, numbers, strings and containers, as the suite writes it
+    (torch.load with weights_only=True never calls code while unpickling). A file that asks for anything
+    else raises UnsafeCheckpoint naming it; a truncated or corrupt one raises whatever torch raises."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower():
+            raise  # a damaged file, not a dangerous one
+        offender = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line or "global" in line),
+                        "a global the suite never writes")
+        raise UnsafeCheckpoint(f"{path} holds more than data ({offender[:120]}), so it was not loaded: "
+                               f"delete it to retrain the run from the start, or restore the checkpoint from "
+                               f"a trusted copy") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a checkpoint")
+    return state
 
 
 def append_metrics(path: Path, row: dict) -> None:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from itertools import takewhile
 from pathlib import Path
@@ -28,12 +30,13 @@ from omegaconf import OmegaConf
 
 from experiments.checks import ConfigError, check_config
 from experiments import CONF
-from experiments.data import DataError, DataUnavailable, prepare_source
-from experiments.device import available_cores, resolve_trainer
+from experiments.data import DataError, DataUnavailable, check_data_option, prepare_source
+from experiments.device import available_cores, local_launcher_problem, resolve_trainer
 from experiments.models import build_from_config, count_macs
-from experiments.contract import FORMAT_VERSION, read_jsonl
+from experiments.contract import FINISHED, FORMAT_VERSION, read_jsonl
 from experiments.runfiles import WriteError, atomic_write_json, atomic_write_text, hydra_quote
-from experiments.resume_guard import recorded_precision
+from experiments.resume_guard import finished_recipes, recorded_precision, refuse_changed_config, refuse_other_recipe
+from experiments.stopping import BUDGET_EXIT, DEADLINE_ENV, budget_spent, parse_duration
 from experiments.sweep_status import PARTIAL, TO_DO, TRAINING, iterations_done, planned_status, print_plan, report
 from experiments.train import SWEEP_ERRORS_ENV, folder_of
 
@@ -68,7 +71,7 @@ def base_overrides(args) -> list[str]:
     # Paths are quoted for Hydra: a comma, a space or a non-ASCII letter is part of the path, not grammar.
     out = [f"experiment={args.exp}", f"results_dir={hydra_quote(args.results)}"]
     if args.data:
-        out.append(f"data={args.data}")
+        out.append(f"data={args.data}")  # checked by parse_args: a name of conf/data/, never a path
     if args.data_root:
         out.append(f"data.root={hydra_quote(args.data_root)}")
     if args.jobs > 1 and args.launcher in ("joblib",):
@@ -156,8 +159,20 @@ def plan(args) -> list[PlannedRun]:
         raise SweepError(hydra_error(e)) from None
 
 
+def refuse_mixing(cfg, folder: Path, status: str, finished: list) -> None:
+    """Before anything trains: a run folder computed under another config, or a run that would train under
+    another recipe than the experiment's finished runs, stops the whole sweep (one line)."""
+    if not cfg.trainer.resume:
+        return
+    try:
+        refuse_changed_config(cfg, folder, finished=status in FINISHED)
+        refuse_other_recipe(cfg, folder, finished)
+    except ConfigError as e:
+        raise SweepError(str(e)) from None
+
+
 def _plan(args) -> list[PlannedRun]:
-    runs = []
+    runs, finished = [], {}
     with initialize_config_dir(str(CONF), version_base="1.3"):
         jobs = expand(args)
         print(f"planning {len(jobs)} run{'s' * (len(jobs) != 1)} of {args.exp}: composing and checking each "
@@ -170,6 +185,7 @@ def _plan(args) -> list[PlannedRun]:
                 raise SweepError(f"run {cfg.model.arch}-{cfg.model.depth} seed={cfg.seed}: {e}") from None
             m, folder = cfg.model, folder_of(cfg)
             where, status = resolve_trainer(cfg.trainer, planning=True), planned_status(folder)
+            refuse_mixing(cfg, folder, status, finished.setdefault(folder.parents[1], finished_recipes(folder.parents[1])))
             # a finished run computed, and a partial one resumes, in the precision it recorded
             recorded = recorded_precision(folder / "config.yaml") if status != TO_DO else None
             runs.append(PlannedRun(overrides, folder, status, cfg.schedule.iterations,
@@ -252,10 +268,12 @@ def repair_multirun_yaml(path: Path, text: str) -> None:
             path.unlink(missing_ok=True)  # better no file than half of one
 
 
-def launch(args, errors_file: str | None = None) -> int:
+def launch(args, errors_file: str | None = None, deadline: float | None = None) -> int:
     cmd = [sys.executable, "-m", "experiments.train", "--multirun", *base_overrides(args)]
     print("$ " + " ".join(cmd), flush=True)
-    child = subprocess.Popen(cmd, env={**os.environ, **({SWEEP_ERRORS_ENV: errors_file} if errors_file else {})})
+    env = {**os.environ, **({SWEEP_ERRORS_ENV: errors_file} if errors_file else {}),
+           **({DEADLINE_ENV: repr(deadline)} if deadline is not None else {})}
+    child = subprocess.Popen(cmd, env=env)
 
     def forward(signum, _frame):
         # Ctrl-C reaches the whole process group, a scheduler's SIGTERM maybe only this process: either
@@ -292,6 +310,8 @@ def parse_args(argv=None):
     p.add_argument("--data")
     p.add_argument("--data-root")
     p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--time-limit", help="wall-clock budget of this invocation (2h30m, 90m, 45s, seconds): the run "
+                   "in progress checkpoints and stops when it is spent, no further run starts; exit status 75")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = p.parse_args(argv)
     if args.exp not in experiments():
@@ -304,10 +324,59 @@ def parse_args(argv=None):
         raise SweepError(f"JOBS={args.jobs} must be between 1 and this machine's {available_cores()} cores")
     if args.jobs > 1 and args.launcher == "basic":
         raise SweepError(f"JOBS={args.jobs} needs LAUNCHER=joblib: the basic launcher trains one run at a time")
+    if args.launcher == "local" and (problem := local_launcher_problem()):
+        raise SweepError(problem)
+    if args.data:
+        try:
+            check_data_option(args.data)
+        except DataError as e:
+            raise SweepError(str(e)) from None
+    args.budget_s = budget_seconds(args)
     return args
 
 
+def budget_seconds(args) -> float | None:
+    """TIME_LIMIT in seconds (None: no budget), or a SweepError naming the accepted forms."""
+    if args.time_limit in (None, ""):
+        return None
+    try:
+        seconds = parse_duration(args.time_limit)
+    except ValueError as e:
+        raise SweepError(str(e).replace("time limit", "TIME_LIMIT")) from None
+    if args.launcher == "slurm":
+        raise SweepError("TIME_LIMIT counts this machine's wall time, which SLURM jobs do not share; give each "
+                         "job its limit with ARGS=hydra.launcher.timeout_min=<minutes> (it checkpoints and "
+                         "requeues before it)")
+    return seconds
+
+
+def continue_command(args) -> str:
+    """The `make sweep` line that continues this sweep (the same request, the same budget)."""
+    defaults = {"RESULTS": "results", "LAUNCHER": "basic", "JOBS": 1}
+    parts = [f"EXP={args.exp}", f"SEEDS={args.seeds}"]
+    parts += [f"{k}={v}" for k, v in (("DATA", args.data), ("DATA_ROOT", args.data_root), ("RESULTS", args.results),
+                                      ("LAUNCHER", args.launcher), ("JOBS", args.jobs),
+                                      ("TIME_LIMIT", args.time_limit), ("ARGS", " ".join(args.overrides)))
+              if v and defaults.get(k) != v]
+    return "make sweep " + " ".join(shlex.quote(p) for p in parts)
+
+
+def budget_report(runs: list[PlannedRun], args) -> None:
+    """After the budget stopped a sweep: what is finished, what is partial (at which iteration), and the
+    command that continues it."""
+    states = [(r, planned_status(r.folder)) for r in runs]
+    finished = sum(status in FINISHED for _, status in states)
+    partial = [(r, iterations_done(r.folder)) for r, status in states if status in (PARTIAL, TRAINING)]
+    print(f"stopped by the time budget (TIME_LIMIT={args.time_limit}): {finished} of {len(runs)} runs finished, "
+          f"{len(partial)} partial, {len(runs) - finished - len(partial)} not started", file=sys.stderr)
+    for r, it in partial:
+        print(f"  partial  {r.folder}  at iteration {it} of {r.iterations} (resumes from its last.pt)",
+              file=sys.stderr)
+    print(f"continue with: {continue_command(args)}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
+    started = time.time()  # the budget counts this invocation's wall time, its planning included
     try:
         args = parse_args(argv)
         runs = plan(args)
@@ -318,6 +387,12 @@ def main(argv=None) -> int:
     except SweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    deadline = None if args.budget_s is None else started + args.budget_s
+    if budget_spent(deadline):
+        print(f"the time budget (TIME_LIMIT={args.time_limit}) was spent before any run started: nothing trained",
+              file=sys.stderr)
+        budget_report(runs, args)
+        return BUDGET_EXIT
     exp_dir = runs[0].folder.parents[2]
     try:
         write_plan(runs, args)
@@ -328,13 +403,16 @@ def main(argv=None) -> int:
     fd, errors_file = tempfile.mkstemp(prefix="suite-sweep-errors-", suffix=".jsonl")
     os.close(fd)
     try:
-        rc = launch(args, errors_file)
+        rc = launch(args, errors_file, deadline)
         errors = read_errors(errors_file)
     finally:
         Path(errors_file).unlink(missing_ok=True)
     if rc:
         repair_multirun_yaml(exp_dir / "multirun.yaml", multirun_text)
     code = report(runs, errors)
+    if rc == BUDGET_EXIT:
+        budget_report(runs, args)
+        return BUDGET_EXIT
     if rc in (130, 143, -signal.SIGINT, -signal.SIGTERM):
         print(f"interrupted: the sweep stopped on {'SIGTERM' if rc in (143, -signal.SIGTERM) else 'SIGINT'}; "
               f"rerun the same command to resume it", file=sys.stderr)

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -25,9 +26,10 @@ from experiments.device import claim_gpu, pick_device
 from experiments.contract import COMPLETED, FAILED, FINISHED, FORMAT_VERSION, arch_kind, read_json, run_dir, shortcut_name
 from experiments.models import block_name, model_name
 from experiments.resume_guard import config_yaml, recorded_precision, refuse_changed_config
-from experiments.runfiles import WriteError, atomic_write_json, atomic_write_text
-from experiments.stopping import Interrupted
+from experiments.runfiles import WriteError, atomic_write_bytes, atomic_write_json, atomic_write_text, load_checkpoint
+from experiments.stopping import Interrupted, budget_spent, run_deadline
 from experiments.trainer import Trainer
+from experiments.weights import WEIGHTS, weights_bytes
 
 LOCK_WAIT_S = 2  # a run locked longer than this is being trained by another process: skip it
 
@@ -60,9 +62,13 @@ def git_commit() -> str | None:
 
 
 def run(cfg: DictConfig) -> dict:
-    """Train (or resume, or return) the run `cfg` names; returns its summary."""
+    """Train (or resume, or return) the run `cfg` names; returns its summary. A wall-clock budget
+    (trainer.time_limit, or the sweep's TIME_LIMIT) already spent starts nothing (stopping.Interrupted)."""
     check_config(cfg)
     folder = folder_of(cfg)
+    deadline = run_deadline(cfg.trainer.get("time_limit"), time.time())
+    if budget_spent(deadline):
+        raise Interrupted(None, None, folder / "last.pt")
     created = next((p for p in reversed([folder, *folder.parents]) if not p.exists()), None)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -71,7 +77,7 @@ def run(cfg: DictConfig) -> dict:
                          f"folder (RESULTS=...) and remove what is in the way, then rerun") from None
     try:
         with FileLock(folder / ".lock", timeout=LOCK_WAIT_S):
-            return _run_locked(cfg, folder)
+            return _run_locked(cfg, folder, deadline)
     except Timeout:
         print(f"skipped {folder}: another process is training this run right now", file=sys.stderr)
         return {"status": "locked", "run_dir": str(folder)}
@@ -93,18 +99,21 @@ def _remove_created(folder: Path, created: Path) -> None:
             break
 
 
-def _run_locked(cfg: DictConfig, folder: Path) -> dict:
+def _run_locked(cfg: DictConfig, folder: Path, deadline: float | None = None) -> dict:
     summary_path, ckpt_path = folder / "summary.json", folder / "last.pt"
     for tmp in folder.glob(".*.tmp"):  # left by a kill mid-write; the real files are intact
         tmp.unlink()
     if cfg.trainer.resume:
-        refuse_changed_config(cfg, folder)
         done = read_json(summary_path)
+        finished = isinstance(done, dict) and done.get("status") in FINISHED
+        refuse_changed_config(cfg, folder, finished)
         if done is None and summary_path.exists():
             print(f"warning: {summary_path} is unreadable (truncated or corrupt); redoing the run from its "
                   f"checkpoint, if any", file=sys.stderr)
-        if done and done.get("status") in FINISHED:
+        if finished:
             print(f"{folder}: already {done['status']}, nothing to do")
+            if done["status"] == COMPLETED:
+                weights_from_checkpoint(cfg, folder, done)
             return done
     else:
         for stale in (summary_path, ckpt_path, folder / "metrics.jsonl"):
@@ -114,15 +123,38 @@ def _run_locked(cfg: DictConfig, folder: Path) -> dict:
     atomic_write_text(folder / "config.yaml", config_yaml(cfg, dev))
     summary_path.unlink(missing_ok=True)  # a failed summary from an earlier try is stale now
     try:
-        summary = base_summary(cfg) | Trainer(cfg, folder, dev).fit()
+        trainer = Trainer(cfg, folder, dev)
+        trainer.deadline = deadline
+        summary = base_summary(cfg) | trainer.fit()
     except (ConfigError, DataError, Interrupted, WriteError):  # not results: nothing to record
         raise
     except Exception as e:  # a crash is a result of this run, not of the sweep
         summary = {"status": FAILED, "error": f"{type(e).__name__}: {e}"}
         atomic_write_json(summary_path, base_summary(cfg) | summary)
         raise
+    if summary["status"] == COMPLETED:  # the trained net as data, before summary.json marks the run done
+        atomic_write_bytes(folder / WEIGHTS, weights_bytes(trainer.model.state_dict(), cfg.model))
     atomic_write_json(summary_path, summary)
     return summary
+
+
+def weights_from_checkpoint(cfg: DictConfig, folder: Path, done: dict) -> None:
+    """A run completed before the suite wrote weights.safetensors gets them from its final last.pt, read as
+    data (never unpickled code); a checkpoint of another iteration, or an unreadable one, is left alone."""
+    path = folder / "last.pt"
+    if (folder / WEIGHTS).exists() or not path.exists():
+        return
+    try:
+        state = load_checkpoint(path)
+        if state.get("iteration") != done.get("iterations_done"):
+            return
+        data = weights_bytes(state["model"], cfg.model)
+    except Exception as e:
+        print(f"warning: {path} gave no weights ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+              f"{folder} stays without {WEIGHTS}", file=sys.stderr)
+        return
+    atomic_write_bytes(folder / WEIGHTS, data)
+    print(f"{folder}: wrote {WEIGHTS} from its final checkpoint")
 
 
 def base_summary(cfg: DictConfig) -> dict:

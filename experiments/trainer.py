@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
+from experiments.checks import ConfigError
 from experiments.contract import COMPLETED, DIVERGED, FORMAT_VERSION, jsonl_line, read_metrics
 from experiments.data import DEFAULT_AUGMENT, DeviceBatches, load_data
 from experiments.device import RunDevice, pick_device
@@ -26,9 +27,9 @@ from experiments.models import build_from_config, count_macs, count_params, resp
 from experiments.probes import evaluate, gradient_norms
 from experiments.progress import Progress
 from experiments.resume_guard import result_config
-from experiments.runfiles import append_metrics, atomic_torch_save, atomic_write_text
+from experiments.runfiles import UnsafeCheckpoint, append_metrics, atomic_torch_save, atomic_write_text, load_checkpoint
 from experiments.schedule import RUNNING_ERR_CHECK_EVERY, LrSchedule, RunningError
-from experiments.stopping import StopSignals
+from experiments.stopping import StopSignals, budget_spent
 
 # Iterations between the loop's planned host syncs (divergence check and progress); steps in between
 # queue on the device without waiting for the host.
@@ -96,6 +97,11 @@ class Trainer:
                                    **self.dev.sgd_kwargs)
         self.lr = self.schedule.lr_at(0)  # host copy: under CUDA graphs the optimizer's lr is a device tensor
         # torch.compile the model, not the step: a compiled step breaks at backward and recompiles the optimizer.
+        # Dynamo is reset first: a process that trains several nets (the basic launcher's sweep, a reused joblib
+        # worker) would otherwise reach its recompile limit and fall back to eager without a word.
+        self._graphs_before = dynamo_graphs() if self.dev.compile else 0
+        if self.dev.compile:
+            torch._dynamo.reset()
         self.model_fn = torch.compile(self.model) if self.dev.compile else self.model
         # CUDA graphs: the whole step, captured at its first call (after any resume); experiments/graphs.py.
         self.graphed = GraphedStep(self._step, self.model, self.opt, capture=self.dev.device.type == "cuda") \
@@ -105,6 +111,8 @@ class Trainer:
         self.running_err = RunningError()  # the warm-up's window of recent batches
         self.sums = StepSums()
         self.signals = StopSignals()  # received: the signal that asked the run to stop
+        self.deadline: float | None = None  # Unix time when the wall-clock budget is spent (stopping.run_deadline)
+        self._stopping = False  # a signal came or the budget is spent: checkpoint at the end of this step and stop
         # The iteration whose loss first was not finite, as a device tensor (-1: none yet): read by
         # first_nonfinite() at the planned syncs, never once per step.
         self._first_nonfinite = torch.tensor(-1, device=self.dev.device)
@@ -169,6 +177,7 @@ class Trainer:
             self._clock_start = time.perf_counter()
             while self.iteration < self.total:
                 lr, wrong = self.train_iteration(self.warming)
+                self._stopping = self.signals.received is not None or budget_spent(self.deadline)
                 self._check_warmup(wrong)
                 if self._sync_due():
                     nonfinite_at = self.first_nonfinite()
@@ -179,7 +188,7 @@ class Trainer:
                     rows.append(self._evaluation_point(lr, probes, progress))
                 if self._checkpoint_due():
                     self._checkpoint()
-                if self.signals.received:
+                if self._stopping and self.iteration < self.total:  # at the last step, finishing is quicker
                     self.signals.stop(self.iteration, self.folder / "last.pt")  # hands off or raises
         return self._results(rows, nonfinite_at)
 
@@ -188,11 +197,10 @@ class Trainer:
 
     def _sync_due(self) -> bool:
         """The loop's planned host syncs: evaluation points, every SYNC_EVERY steps, and before stopping."""
-        return self._evaluation_due() or self.iteration % SYNC_EVERY == 0 or self.signals.received is not None
+        return self._evaluation_due() or self.iteration % SYNC_EVERY == 0 or self._stopping
 
     def _checkpoint_due(self) -> bool:
-        return self.iteration % self.cfg.trainer.ckpt_every == 0 or self.iteration == self.total \
-            or self.signals.received is not None
+        return self.iteration % self.cfg.trainer.ckpt_every == 0 or self.iteration == self.total or self._stopping
 
     def _resume(self) -> list[dict]:
         """Continue from last.pt if there is one; returns the curve so far. Lines past the checkpoint
@@ -278,7 +286,12 @@ class Trainer:
             "wall_time_s": round(self.elapsed, 2),
             "images_per_s": round(self.iteration * cfg.optim.batch_size / max(self.elapsed, 1e-9), 1),
             "response_layers": [n for n, _ in response_layers(self.model)],
-        } | self.dev.describe()
+        } | self.dev.describe() | {"compiled": self.compiled_ran()}
+
+    def compiled_ran(self) -> bool:
+        """Whether torch.compile made graphs for this run, not only whether it was asked (a fallback to eager
+        is recorded as what it is)."""
+        return bool(self.dev.compile) and dynamo_graphs() > self._graphs_before
 
     # -- checkpoint -------------------------------------------------------------------------
     def save(self):
@@ -290,7 +303,8 @@ class Trainer:
             "result_config": result_config(self.cfg),  # lets a resume refuse a changed config on its own
             "warmup_end": self.warmup_end, "warmup_window": self.running_err.state(), "acc": self.sums.state(),
             "model": self.model.state_dict(), "opt": opt, "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if self.dev.device.type == "cuda" else None,
+            # The run's own GPU only: a run resumed where fewer GPUs are visible must not need the others'.
+            "cuda_rng": torch.cuda.get_rng_state(self.dev.device) if self.dev.device.type == "cuda" else None,
         })
 
     def load(self) -> bool:
@@ -302,7 +316,7 @@ class Trainer:
             return False
         fresh = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.opt.state_dict()), torch.get_rng_state())
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            state = load_checkpoint(path)
             gap = self._metrics_gap(state["iteration"])
             if gap:  # the curve before the checkpoint is damaged: only a fresh run can redo it exactly
                 print(f"warning: {gap}; training this run from the start", file=sys.stderr)
@@ -312,12 +326,14 @@ class Trainer:
             self.opt.load_state_dict(state["opt"])
             for g in self.opt.param_groups:  # this device's SGD kernel, whichever device saved the checkpoint
                 g.update(self.dev.sgd_kwargs)
+            match_parameter_layout(self.opt)
             torch.set_rng_state(state["torch_rng"])
-            if state.get("cuda_rng") is not None and self.dev.device.type == "cuda":
-                torch.cuda.set_rng_state_all(state["cuda_rng"])
+            restore_cuda_rng(state.get("cuda_rng"), self.dev.device)
             sums = StepSums.from_state(state["acc"], self.dev.device)
             iteration, elapsed, warmup_end = state["iteration"], state["elapsed"], state["warmup_end"]
             window = list(state.get("warmup_window", []))
+        except UnsafeCheckpoint as e:  # never loaded, never deleted: the user decides (one line, exit 2)
+            raise ConfigError(str(e)) from None
         except Exception as e:  # a truncated or corrupt checkpoint: retrain rather than crash
             print(f"warning: {path} is unreadable ({type(e).__name__}); training this run from the start",
                   file=sys.stderr)
@@ -341,3 +357,39 @@ class Trainer:
             return None
         return (f"{path} is truncated or corrupt: {len(have)} readable evaluation points up to the checkpoint "
                 f"at iteration {upto}, expected {len(want)}")
+
+
+def match_parameter_layout(opt: torch.optim.Optimizer) -> None:
+    """Give each loaded momentum buffer its parameter's strides: a checkpoint written with contiguous
+    parameters (MPS, trainer.channels_last=false) resumed with channels_last would otherwise keep the
+    saved strides, and fused/foreach SGD requires the buffers to match the parameters' layout."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            buf = opt.state.get(p, {}).get("momentum_buffer")
+            if isinstance(buf, torch.Tensor) and (buf.stride() != p.stride() or buf.device != p.device):
+                opt.state[p]["momentum_buffer"] = torch.empty_like(p).copy_(buf)
+
+
+def restore_cuda_rng(saved, device: torch.device) -> None:
+    """The run's GPU generator as saved: one state (this suite now), or a list of every visible GPU's
+    (checkpoints written before), of which only the run's own GPU counts. Where it cannot be restored
+    (a CPU resume, a list without this index) the run goes on: nothing in a run draws from the global
+    CUDA generator (batches and augmentation use their own generators), so it never makes a checkpoint
+    unusable."""
+    if saved is None or device.type != "cuda":
+        return
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if isinstance(saved, (list, tuple)):
+        saved = saved[index] if index < len(saved) else None
+    try:
+        if isinstance(saved, torch.Tensor):
+            torch.cuda.set_rng_state(saved, index)
+    except (RuntimeError, ValueError, TypeError) as e:
+        print(f"note: the checkpoint's CUDA generator state was not restored ({type(e).__name__}); "
+              f"nothing in the run draws from it", file=sys.stderr)
+
+
+def dynamo_graphs() -> int:
+    """Graphs Dynamo has compiled in this process so far (its counters survive torch._dynamo.reset)."""
+    from torch._dynamo.utils import counters  # imported on use: importing Dynamo costs seconds
+    return int(counters["stats"]["unique_graphs"])

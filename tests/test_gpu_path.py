@@ -18,6 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from experiments import device as device_mod
 from experiments import sweep
 from experiments import train as train_mod
+from experiments import trainer as trainer_mod
 from experiments.checks import ConfigError
 from experiments.data import DeviceBatches, load_data
 from experiments.device import RunDevice, cpu_kind, made_on_a_machine_like, pick_device, resolve_precision
@@ -302,3 +303,110 @@ def test_graphed_step_logic_matches_the_eager_run_through_a_resume(tmp_path, mon
     assert {kind for _, kind in seen} == {"Tensor"}  # every step read the lr as a tensor
     assert metrics(run_folder(tmp_path / "graphed")) == metrics(run_folder(tmp_path / "eager"))
     assert summary(run_folder(tmp_path / "graphed"))["final_train_loss"] == s["final_train_loss"]
+
+
+# -- the GPU a tool and a run take -------------------------------------------------------------------------
+def test_a_tools_device_is_indexed_and_refused_when_not_here(monkeypatch):
+    """torch.cuda.set_device refuses a bare "cuda" (ValueError: Expected a torch.device with a specified
+    index): a tool's --device resolves to an indexed one first, counting GPUs through NVML."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "_lazy_init", lambda: pytest.fail("resolving --device must not start CUDA"))
+    assert [device_mod.tool_device(s) for s in ("auto", "cuda", "cuda:1")] == [torch.device("cuda", 0),
+                                                                               torch.device("cuda", 0),
+                                                                               torch.device("cuda", 1)]
+    with pytest.raises(ValueError, match="only cuda:0 to cuda:1 are visible"):
+        device_mod.tool_device("cuda:2")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert device_mod.tool_device("auto") == torch.device("cpu")
+    for setting, message in (("cuda", "no CUDA GPU is visible"), ("mps", "no MPS"), ("nosuch", "is not a device"),
+                             ("meta", "runs on cpu, cuda or mps only")):
+        with pytest.raises(ValueError, match=message):
+            device_mod.tool_device(setting)
+
+
+@pytest.mark.parametrize("deterministic,benchmark", [(False, True), (True, False)])
+def test_cudnn_autotuning_gives_way_to_determinism(monkeypatch, deterministic, benchmark):
+    """gpu-check compares a killed-and-resumed run with an uninterrupted one on cuDNN's deterministic
+    kernels: autotuning (benchmark) would time them afresh after the restart and may pick others."""
+    _fake_gpu(monkeypatch, (9, 0))
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", deterministic)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", not benchmark)
+    pick_device(OmegaConf.create({"device": "cuda", "precision": "auto", "channels_last": "auto", "compile": False,
+                                  "cuda_graphs": False, "threads": 1}))
+    assert torch.backends.cudnn.benchmark is benchmark
+
+
+@pytest.mark.parametrize("gpus", [0, 1, 4])
+def test_the_local_launcher_is_refused_where_it_cannot_place_runs_on_gpus(monkeypatch, gpus):
+    """submitit's local executor starts every run at once with CUDA_VISIBLE_DEVICES from gpus_per_node:
+    0 trains on the CPU under a CUDA estimate, 1 puts every run on GPU 0. Refused, naming joblib."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    argv = ["--exp", "quick", "--launcher", "local", "--dry-run"]
+    if gpus == 0:  # a CPU machine (or CUDA_VISIBLE_DEVICES= on purpose): the submitit path as before
+        assert sweep.parse_args(argv).launcher == "local"
+        return
+    with pytest.raises(sweep.SweepError, match=f"LAUNCHER=local cannot give runs their own GPU .* "
+                                               f"use LAUNCHER=joblib JOBS={gpus}$"):
+        sweep.parse_args(argv)
+
+
+# -- a checkpoint resumes wherever it can: other GPU counts, other layouts, several compiled nets ---------
+@pytest.mark.parametrize("saved,index,expected", [
+    ([torch.full((4,), i, dtype=torch.uint8) for i in range(4)], 0, 0),  # begun where 4 GPUs were visible
+    ([torch.full((4,), i, dtype=torch.uint8) for i in range(4)], 2, 2),
+    ([torch.full((4,), 0, dtype=torch.uint8)], 3, None),                 # begun on one GPU, resumed on cuda:3
+    (torch.full((4,), 7, dtype=torch.uint8), 1, 7),                     # as runs save it now: their own GPU's
+])
+def test_only_the_runs_own_gpu_generator_is_restored(monkeypatch, saved, index, expected):
+    """set_rng_state_all indexed every saved state into this process's generators: a run begun where 4 GPUs
+    were visible and resumed where 1 is raised IndexError, was called corrupt, and retrained from zero."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: calls.append((int(state[0]), device)))
+    trainer_mod.restore_cuda_rng(saved, torch.device("cuda", index))
+    assert calls == ([] if expected is None else [(expected, index)])
+
+
+def test_a_gpu_generator_that_cannot_be_restored_never_makes_the_checkpoint_unusable(monkeypatch, capsys):
+    def refuse(state, device):
+        raise RuntimeError("invalid device ordinal")
+    monkeypatch.setattr(torch.cuda, "set_rng_state", refuse)
+    trainer_mod.restore_cuda_rng(torch.zeros(4, dtype=torch.uint8), torch.device("cuda", 0))  # no raise
+    assert "CUDA generator state was not restored" in capsys.readouterr().err
+
+
+def test_saved_momentum_takes_the_layout_of_the_parameters_it_resumes_into():
+    """A checkpoint of contiguous parameters (MPS, channels_last=false) resumed with channels_last kept the
+    saved strides; fused SGD requires buffers laid out like their parameters."""
+    contiguous = build_from_config(OmegaConf.create({"arch": "resnet", "depth": 8, "shortcut": "A", "width": 4}))
+    opt = torch.optim.SGD(contiguous.parameters(), lr=0.1, momentum=0.9)
+    contiguous(torch.randn(2, 3, 32, 32)).sum().backward()
+    opt.step()
+    saved = opt.state_dict()
+    channels_last = build_from_config(OmegaConf.create({"arch": "resnet", "depth": 8, "shortcut": "A", "width": 4}))
+    channels_last.load_state_dict(contiguous.state_dict())
+    channels_last.to(memory_format=torch.channels_last)
+    resumed = torch.optim.SGD(channels_last.parameters(), lr=0.1, momentum=0.9, fused=True)
+    resumed.load_state_dict(saved)
+    convs = [p for p in channels_last.parameters() if p.dim() == 4]
+    assert any(resumed.state[p]["momentum_buffer"].stride() != p.stride() for p in convs)  # what went wrong
+    trainer_mod.match_parameter_layout(resumed)
+    assert all(resumed.state[p]["momentum_buffer"].stride() == p.stride() for p in channels_last.parameters())
+    assert all(torch.equal(resumed.state[p]["momentum_buffer"], opt.state[q]["momentum_buffer"])
+               for p, q in zip(channels_last.parameters(), contiguous.parameters()))
+    channels_last(torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)).sum().backward()
+    resumed.step()  # the fused kernel takes the matched buffers
+
+
+def test_each_compiled_run_resets_dynamo_and_records_whether_it_compiled(tmp_path, monkeypatch):
+    """The basic launcher trains a whole sweep in one process: without a reset Dynamo reaches its recompile
+    limit and runs eager, while the summary said compiled. Here torch.compile stands in as a no-op, so no
+    graph is made and the run must record compiled: false."""
+    resets = []
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: resets.append(None))
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: model)
+    for seed in (0, 1):
+        done = train_mod.run(tiny_cfg(tmp_path, QUIET, "trainer.compile=true", "schedule.iterations=10",
+                                      f"seed={seed}"))
+        assert done["compiled"] is False
+    assert len(resets) == 2
