@@ -12,6 +12,12 @@ Robust to partial sweeps, because a report is often made while a sweep still run
 - an unreadable summary.json makes the run "corrupt", listed but excluded;
 - a "completed" run whose curve is gone (metrics.jsonl deleted, emptied or cut before its last
   iteration) or whose final errors are not finite is "damaged", listed but excluded;
+- so is any run whose folder name its own summary.json or config.yaml contradicts (a copied or
+  renamed folder), or whose metrics.jsonl repeats an iteration or steps back; curves are read in
+  iteration order whatever the file (analysis/integrity.py);
+- a run trained with another recipe than the experiment's, or another model than its net's other
+  seeds, is "other recipe": listed, never pooled;
+- a summary.json or config.yaml of another shape (a list, `data: 5`) is a warning, not a crash;
 - a run folder of a kind this analysis does not know (runs/vgg-16-none/) is a warning, not a crash;
 - plan.json (written by `make sweep`) names every planned run: one that never started is listed;
 - a format_version newer than ours stops everything with a clear error, since guessing
@@ -33,10 +39,14 @@ from experiments.contract import (
     COMPLETED, CORRUPT, DAMAGED, DIVERGED, FORMAT_VERSION, KINDS, MISSING, FormatError, check_version, is_known,
     lost_curve, parse_run_name, parse_run_path, parse_seed_name, read_metrics,
 )
+from analysis.integrity import curve_disorder, identity_mismatch, leaves, recipe_outliers
 
 # What the analysis calls a run beside the contract's statuses: begun and not finished (or killed),
 # and planned by the sweep (plan.json) without a folder yet.
 INCOMPLETE, NOT_STARTED = "running/incomplete", "not started"
+# A run trained with another recipe than the experiment's (or another model than its net's other seeds):
+# listed, never pooled (analysis/integrity.py).
+OTHER_RECIPE = "other recipe"
 METRIC_FIELDS = ("epoch", "lr", "warmup", "train_loss", "train_err", "test_loss", "test_err",
                  "elapsed_s", "images_per_s")
 # summary.json fields copied verbatim into the runs table (README lists them all).
@@ -48,6 +58,7 @@ SUMMARY_FIELDS = ("params", "macs", "iterations", "iterations_done", "final_trai
                   "momentum", "device", "device_name", "precision", "channels_last",
                   "torch_version", "git_commit", "error")
 IDENTITY = ["arch", "depth", "shortcut", "seed"]
+CONFIG_GROUPS = ("model", "data", "optim", "schedule", "trainer")  # each a mapping in every config.yaml
 
 
 class ResultsError(Exception):
@@ -102,7 +113,20 @@ def read_summary(path: Path, warnings: list[str]) -> dict | None:
         warnings.append(f"{path}: format_version {summary.get('format_version')!r} or status "
                         f"{summary.get('status')!r} invalid; run listed as corrupt")
         return None
+    wrong = [key for key in (*IDENTITY, *SUMMARY_FIELDS) if not _plain_value(key, summary.get(key))]
+    if wrong:  # valid JSON of another shape: not written by this suite, and no table can hold it
+        warnings.append(f"{path}: {', '.join(f'{k} is a {type(summary[k]).__name__}' for k in wrong)}, "
+                        f"not a number or text; run listed as corrupt")
+        return None
     return summary
+
+
+def _plain_value(key: str, value) -> bool:
+    """Whether a summary.json field has the shape the suite writes: a number, text, true/false or null;
+    milestones a list of numbers."""
+    if key == "milestones" and isinstance(value, list):
+        return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    return value is None or isinstance(value, (str, int, float, bool))
 
 
 def read_config(path: Path, warnings: list[str]) -> dict:
@@ -113,13 +137,21 @@ def read_config(path: Path, warnings: list[str]) -> dict:
     except (OSError, yaml.YAMLError) as exc:
         warnings.append(f"{path}: unreadable config ({str(exc).splitlines()[0]}); ignored")
         return {}
-    return config if isinstance(config, dict) else {}
+    if not isinstance(config, dict):
+        warnings.append(f"{path}: not a mapping of config groups; ignored")
+        return {}
+    wrong = [group for group in CONFIG_GROUPS if group in config and not isinstance(config[group], dict)]
+    if wrong:  # e.g. `data: 5`: valid YAML, but no run wrote it
+        warnings.append(f"{path}: {', '.join(f'{g!r} is {config[g]!r}' for g in wrong)}, not a group of "
+                        f"keys; ignored")
+        return {}
+    return config
 
 
 def _identity(run_dir: Path, config: dict, summary: dict | None) -> dict | None:
     """arch/depth/shortcut/seed from the folder names (the contract), else from the files."""
     named = parse_run_name(run_dir.parent.name)
-    model = config.get("model") or {}
+    model = config.get("model") or {}  # a dict: read_config checked the groups
     summary = summary or {}
     arch, depth, shortcut = named or (summary.get(key, model.get(key)) for key in ("arch", "depth", "shortcut"))
     ident = {"arch": arch, "depth": depth, "shortcut": shortcut, "seed": parse_seed_name(run_dir.name)}
@@ -146,6 +178,8 @@ def _read_run(run_dir: Path, root: Path, warnings: list[str]):
     run_id = run_dir.relative_to(root / "runs").as_posix()
     status = summary["status"] if summary else (CORRUPT if summary_path.exists() else INCOMPLETE)
     data = config.get("data") or {}
+    disorder = curve_disorder(records)
+    records = sorted(records, key=lambda r: r["iter"])  # the figures' first and last points, whatever the file
     row = {"run_id": run_id, "run": run_dir.parent.name, **ident, "status": status,
            "n_points": len(records), "data_root": data.get("root")}
     for key in SUMMARY_FIELDS:
@@ -169,8 +203,13 @@ def _read_run(run_dir: Path, root: Path, warnings: list[str]):
         damage = _damage(row, records)
         if damage:
             row["status"], row["error"] = DAMAGED, damage
+    # Whatever its status: a run that is not the folder's, or whose curve is out of order, is damaged.
+    named = parse_run_name(run_dir.parent.name) is not None  # else the identity came from these very files
+    damage = (identity_mismatch(ident, config, summary) if named else None) or disorder
+    if damage:
+        row["status"], row["error"] = DAMAGED, damage
     layers = (summary or {}).get("response_layers")
-    return run_id, row, config, records, layers if isinstance(layers, list) else None
+    return run_id, row, config, records, layers if isinstance(layers, list) else None, summary
 
 
 def _damage(row: dict, records: list[dict]) -> str | None:
@@ -255,6 +294,19 @@ def _missing(runs: pd.DataFrame, planned: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(list(rows.values()), columns=[*IDENTITY, "status", "note"])
 
 
+def _mark_other_recipes(reads: list[tuple]) -> None:
+    """Runs whose recipe or model differs from the rest get OTHER_RECIPE (damaged ones do not vote): the
+    completed ones, whose numbers would be pooled, and the running ones, whose curves would be drawn;
+    a failed, diverged or corrupt run is out of every number already and keeps its status."""
+    runs = [{"run_id": run_id, "net": (row["arch"], row["depth"], row["shortcut"]),
+             "counted": row["status"] == COMPLETED, "config": leaves(config), "summary": summary}
+            for run_id, row, config, _, _, summary in reads if row["status"] != DAMAGED]
+    outliers = recipe_outliers(runs)
+    for run_id, row, *_ in reads:
+        if run_id in outliers and row["status"] in (COMPLETED, INCOMPLETE):
+            row["status"], row["error"] = OTHER_RECIPE, outliers[run_id]
+
+
 def collect(root: Path | str) -> Results:
     """Everything under <root>/runs, or ResultsError when there is nothing to analyse or a file is
     in a newer format than this suite reads."""
@@ -272,12 +324,10 @@ def _collect(root: Path) -> Results:
                            f"EXP={experiment_name(root)}` first")
     warnings = [f"{d}: not a seed=<k> folder; ignored" for d in sorted((root / "runs").glob("*/*"))
                 if d.is_dir() and parse_seed_name(d.name) is None]
+    reads = [read for read in (_read_run(d, root, warnings) for d in run_dirs) if read is not None]
+    _mark_other_recipes(reads)
     rows, metric_rows, probe_rows, configs = [], [], [], {}
-    for run_dir in run_dirs:
-        read = _read_run(run_dir, root, warnings)
-        if read is None:
-            continue
-        run_id, row, config, records, layers = read
+    for run_id, row, config, records, layers, _ in reads:
         ident = {k: row[k] for k in (*IDENTITY, "status")}
         rows.append(row)
         configs[run_id] = config

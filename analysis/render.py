@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 
 import pandas as pd
 
@@ -42,8 +43,20 @@ figcaption, .caption { color: #555; font-size: 13px; }
 """.strip()
 
 
+# What makes Markdown text markup: a tag, comment or autolink (`<` then a letter, `/`, `!` or `?`) and the
+# `](` / `][` that close a link or image's text. Run folder names, device names and commits come from
+# results files, which are shared and copied: in report.md they must read as text, as in report.html.
+_MD_MARKUP = re.compile(r"<(?=[A-Za-z/!?])|\](?=[(\[])")
+
+
+def _md(text) -> str:
+    """`text` as Markdown that renders as exactly this text, on one line (a line break could start a
+    block: an HTML block or a link definition)."""
+    return _MD_MARKUP.sub(lambda m: "&lt;" if m[0] == "<" else "\\]", str(text)).replace("\n", " ")
+
+
 def _md_cell(text) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    return _md(text).replace("|", "\\|")
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
@@ -58,23 +71,23 @@ def to_markdown(blocks: list[tuple]) -> str:
     out = []
     for kind, *args in blocks:
         if kind == "title":
-            out.append(f"# {args[0]}")
+            out.append(f"# {_md(args[0])}")
         elif kind in ("banner", "callout"):
-            out.append(f"> **{args[0]}**")
+            out.append(f"> **{_md(args[0])}**")
         elif kind in ("stamp", "p"):
-            out.append(args[0])
+            out.append(_md(args[0]))
         elif kind == "h2":
-            out.append(f"## {args[0]}")
+            out.append(f"## {_md(args[0])}")
         elif kind == "list":
-            out.append("\n".join(f"- {item}" for item in args[0]))
+            out.append("\n".join(f"- {_md(item)}" for item in args[0]))
         elif kind == "kv":
             out.append(markdown_table(pd.DataFrame(args[0], columns=["item", "value"])))
         elif kind == "table":
             frame, caption = args
-            out.append((f"*{caption}*\n\n" if caption else "") + markdown_table(frame))
+            out.append((f"*{_md(caption)}*\n\n" if caption else "") + markdown_table(frame))
         elif kind == "figure":
             title, caption, relative = args[:3]
-            out.append(f"![{title}]({relative})\n\n*{title}.* {caption}")
+            out.append(f"![{_md(title)}]({relative})\n\n*{_md(title)}.* {_md(caption)}")
     return "\n\n".join(out) + "\n"
 
 

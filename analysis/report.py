@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 from filelock import FileLock, Timeout
 
-from analysis import figures, findings, paper, render, stats, tables
+from analysis import figures, findings, nets, nets_figures, paper, render, stats, tables
 from analysis.collect import COMPLETED, Results, ResultsError, collect, experiment_name
 from analysis.staging import ReportWriteError, Staging, remove_leftovers, write_failed, write_text
 from analysis.style import data_label, is_fake, png_bytes, save
@@ -178,13 +178,14 @@ def build_blocks(results: Results, all_tables: dict, v: dict, plots, pngs: dict,
     blocks += [("h2", "Findings"), *[("p", s) for s in findings.findings(results, all_tables, v)],
                ("h2", "What degradation is"), ("p", findings.EXPLANATION), ("h2", "Figures")]
     for plot in plots:
-        if plot is lead:
+        if plot is lead or plot.name in nets_figures.NAMES:  # those have a section of their own
             continue
         if plot.figure is None:
             blocks.append(("p", f"{plot.title}: {plot.caption}"))
         else:
             blocks.append(("figure", plot.title, plot.caption, f"figures/{plot.name}.png",
                            *pngs[plot.name]))
+    blocks += nets.section(results, plots, pngs)  # Why residual nets train: lesion study, loss landscape
     blocks += [
         ("h2", "Tables"),
         ("table", verdicts_view(all_tables["verdicts"]),
@@ -219,17 +220,31 @@ def build_blocks(results: Results, all_tables: dict, v: dict, plots, pngs: dict,
     return blocks
 
 
-def write_report(results: Results, figures_only: bool = False) -> tuple[list[Path], str | None]:
+def generation_time() -> datetime:
+    """Now, or SOURCE_DATE_EPOCH where it is set (reproducible builds: the report's one "Generated" line);
+    ResultsError when it is not a whole number of seconds since 1970."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if not epoch:
+        return datetime.now(timezone.utc)
+    try:
+        return datetime.fromtimestamp(int(epoch), timezone.utc)
+    except (ValueError, OverflowError, OSError):
+        raise ResultsError(f"SOURCE_DATE_EPOCH={epoch!r} is not a time in whole seconds since 1970 (e.g. "
+                           f"1700000000); set it to one, or unset it") from None
+
+
+def write_report(results: Results, figures_only: bool = False,
+                 now: datetime | None = None) -> tuple[list[Path], str | None]:
     """Write everything, or (ReportWriteError) nothing: the files already there stay as they were.
     Returns the files written and the degradation verdict (None for figures only)."""
-    root = results.root
+    root, now = results.root, now or generation_time()
     try:
         lock = FileLock(root / ".report.lock")
         with lock.acquire(timeout=0):  # two reports of one folder at once would undo each other
             remove_leftovers(root)
             stage = Staging(root)
             try:
-                stale, status = _stage_report(results, stage, figures_only)
+                stale, status = _stage_report(results, stage, figures_only, now)
                 stage.commit(stale)
             except OSError as e:
                 raise write_failed(stage.current, e) from None
@@ -243,12 +258,14 @@ def write_report(results: Results, figures_only: bool = False) -> tuple[list[Pat
     return [root / relative for relative in stage.files if relative.endswith((".png", ".csv", ".md", ".html"))], status
 
 
-def _stage_report(results: Results, stage: Staging, figures_only: bool) -> tuple[list[Path], str | None]:
+def _stage_report(results: Results, stage: Staging, figures_only: bool,
+                  now: datetime) -> tuple[list[Path], str | None]:
     """Every output into `stage`; returns the old files to delete (figures skipped this time) and
     the degradation verdict."""
-    plots, pngs, stale = figures.build_all(results), {}, []
+    plots, pngs, stale = figures.build_all(results) + nets_figures.build_all(results), {}, []
     phone = not figures_only  # the phone layouts are for the HTML only
-    narrow = {p.name: p for p in figures.build_all(results, narrow=True)} if phone else {}
+    narrow = {p.name: p for p in figures.build_all(results, narrow=True)
+              + nets_figures.build_all(results, narrow=True)} if phone else {}
     for plot in plots:
         if plot.figure is None:
             stale += [results.root / "figures" / f"{plot.name}.{ext}" for ext in ("png", "svg")]
@@ -263,8 +280,6 @@ def _stage_report(results: Results, stage: Staging, figures_only: bool) -> tuple
     for name, frame in all_tables.items():
         write_text(stage.path(f"tables/{name}.csv"),
                     frame.to_csv(index=False, lineterminator="\n", float_format="%.10g"))
-    epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    now = datetime.fromtimestamp(int(epoch), timezone.utc) if epoch else datetime.now(timezone.utc)
     stamp = f"Generated {now:%Y-%m-%d %H:%M:%S} UTC by python -m analysis.report"
     blocks = build_blocks(results, all_tables, v, plots, pngs, stamp)
     title = f"Plain vs residual networks: {experiment_name(results.root)}"
@@ -282,7 +297,8 @@ def main(argv=None) -> int:
     parser.add_argument("--figures-only", action="store_true",
                         help="write figures/ only (make plots)")
     args = parser.parse_args(argv)
-    try:
+    try:  # every mistake the user must fix is found before anything is written
+        now = generation_time()
         results = collect(args.results)
     except ResultsError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -290,7 +306,7 @@ def main(argv=None) -> int:
     for warning in results.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     try:
-        written, status = write_report(results, figures_only=args.figures_only)
+        written, status = write_report(results, figures_only=args.figures_only, now=now)
     except ReportWriteError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -13,7 +13,7 @@ import math
 import pandas as pd
 
 from analysis import paper, stats
-from analysis.collect import COMPLETED, CORRUPT, DAMAGED, DIVERGED, Results
+from analysis.collect import COMPLETED, CORRUPT, DAMAGED, DIVERGED, OTHER_RECIPE, Results
 
 NET = ["arch", "shortcut", "depth"]
 
@@ -271,8 +271,8 @@ def inventory(results: Results) -> pd.DataFrame:
             notes.append(f"diverged{at}; not counted")
         elif run.status == CORRUPT:
             notes.append("corrupt: summary.json unreadable; not counted")
-        elif run.status == DAMAGED:
-            notes.append(f"damaged: {run.error}; not counted")
+        elif run.status in (DAMAGED, OTHER_RECIPE):
+            notes.append(f"{run.status}: {run.error}; not counted")
         else:  # running/incomplete, failed, or a status this analysis does not know
             seen = ("no evaluation point yet" if pd.isna(run.last_iter) else
                     f"last point iter {int(run.last_iter)}, train err {run.last_train_err:.2f}%, "

@@ -183,6 +183,20 @@ def curve_lost(folder: Path, summary: dict) -> bool:
     return lost_curve(points, summary.get("iterations_done")) is not None
 
 
+def _summary(folder: Path) -> dict:
+    """summary.json as the final table reads it; one that is unreadable or valid JSON of another shape
+    (a list, a number) stands for a corrupt run, as in the report."""
+    s = read_json(folder / "summary.json")
+    if isinstance(s, dict):
+        return s
+    exists = (folder / "summary.json").exists()
+    return {"status": CORRUPT if exists else PARTIAL if (folder / "last.pt").exists() else MISSING}
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def report(runs: list[PlannedRun], errors: dict[str, str] | None = None) -> int:
     """The final table; the exit status: 2 when a run stopped on an error the user must fix,
     1 when runs are unfinished or damaged, 0 otherwise."""
@@ -190,10 +204,8 @@ def report(runs: list[PlannedRun], errors: dict[str, str] | None = None) -> int:
     print(f"\n{'run':44s} {'status':10s} {'train err':>9s} {'test err':>9s} {'time':>8s}")
     unfinished, damaged, refused, elsewhere = [], [], [], 0
     for r in runs:
-        s = read_json(r.folder / "summary.json") or {
-            "status": CORRUPT if (r.folder / "summary.json").exists()
-            else PARTIAL if (r.folder / "last.pt").exists() else MISSING}
-        status = s.get("status", CORRUPT)
+        s = _summary(r.folder)
+        status = s["status"] if isinstance(s.get("status"), str) else CORRUPT
         if str(r.folder) in errors:
             status = ERROR
             refused.append(r)
@@ -204,10 +216,10 @@ def report(runs: list[PlannedRun], errors: dict[str, str] | None = None) -> int:
             damaged.append(r)
         elif status not in (*FINISHED, TRAINING):
             unfinished.append(r)
-        fmt = lambda v: f"{v:8.2f}%" if isinstance(v, (int, float)) else f"{'-':>9s}"  # noqa: E731
+        fmt = lambda v: f"{v:8.2f}%" if _number(v) else f"{'-':>9s}"  # noqa: E731
         wall = s.get("wall_time_s")
         print(f"{str(r.folder):44s} {status:10s} {fmt(s.get('final_train_err'))} {fmt(s.get('final_test_err'))} "
-              f"{(f'{wall / 60:6.1f}m' if wall else '-'):>8s}")
+              f"{(f'{wall / 60:6.1f}m' if _number(wall) and wall else '-'):>8s}")
     if elsewhere:  # e.g. two sweeps started on one results folder: each run is trained once, by one of them
         print(f"{elsewhere} run(s) are being trained by another process right now; rerun the same command "
               f"after it finishes to see their results", file=sys.stderr)

@@ -719,7 +719,7 @@ def test_render_gives_a_callout_in_both_outputs_and_phone_ready_html():
               ("figure", "F", "c", "figures/f.png", b"wide", b"narrow"),
               ("figure", "G", "c", "figures/g.png", b"wide")]
     md = render.to_markdown(blocks)
-    assert "\n> **Degradation reproduced: +4.00 <points>**\n" in md
+    assert "\n> **Degradation reproduced: +4.00 &lt;points>**\n" in md  # text, not a tag, in Markdown too
     page = render.to_html(blocks, "T")
     assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in page
     assert '<p class="callout" role="note">Degradation reproduced: +4.00 &lt;points&gt;</p>' in page
