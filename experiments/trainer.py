@@ -112,7 +112,7 @@ class Trainer:
         self.sums = StepSums()
         self.signals = StopSignals()  # received: the signal that asked the run to stop
         self.deadline: float | None = None  # Unix time when the wall-clock budget is spent (stopping.run_deadline)
-        self._stopping = False  # a signal came or the budget is spent: checkpoint at the end of this step and stop
+        self._over_budget = False  # asked once per step: time.time() is cheap, but not free on every call
         # The iteration whose loss first was not finite, as a device tensor (-1: none yet): read by
         # first_nonfinite() at the planned syncs, never once per step.
         self._first_nonfinite = torch.tensor(-1, device=self.dev.device)
@@ -177,7 +177,7 @@ class Trainer:
             self._clock_start = time.perf_counter()
             while self.iteration < self.total:
                 lr, wrong = self.train_iteration(self.warming)
-                self._stopping = self.signals.received is not None or budget_spent(self.deadline)
+                self._over_budget = budget_spent(self.deadline)
                 self._check_warmup(wrong)
                 if self._sync_due():
                     nonfinite_at = self.first_nonfinite()
@@ -191,6 +191,11 @@ class Trainer:
                 if self._stopping and self.iteration < self.total:  # at the last step, finishing is quicker
                     self.signals.stop(self.iteration, self.folder / "last.pt")  # hands off or raises
         return self._results(rows, nonfinite_at)
+
+    @property
+    def _stopping(self) -> bool:
+        """A signal came (even during this step's evaluation) or the budget is spent: checkpoint, then stop."""
+        return self.signals.received is not None or self._over_budget
 
     def _evaluation_due(self) -> bool:
         return self.iteration % self.cfg.trainer.eval_every == 0 or self.iteration == self.total

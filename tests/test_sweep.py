@@ -4,10 +4,11 @@ import re
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from experiments import device as device_mod
 from experiments import sweep, sweep_status
-from tests.helpers import REPO, cli, metrics, run_folder, summary
+from tests.helpers import REPO, cli, metrics, run_folder, smoke_cfg, summary
 
 EXPECTED = {
     "smoke": ["plain-8-none", "resnet-8-A"],
@@ -246,7 +247,10 @@ def test_a_sweep_resumed_on_another_kind_of_machine_says_its_precisions_would_mi
     args = sweep.parse_args(["--exp", "smoke", "--results", str(tmp_path)])
     folder = sweep.plan(args)[0].folder
     folder.mkdir(parents=True)
-    (folder / "config.yaml").write_text("trainer:\n  precision_used: bf16\n")
+    # its config as the run wrote it (the plan now compares it with the recipe asked for), with bf16 recorded
+    recorded = OmegaConf.to_container(smoke_cfg(tmp_path, folder.parent.name.split("-")[0]), resolve=True)
+    (folder / "config.yaml").write_text(OmegaConf.to_yaml({**recorded, "trainer": {**recorded["trainer"],
+                                                                                  "precision_used": "bf16"}}))
     (folder / "summary.json").write_text(json.dumps({"status": "completed"}))
     runs = sweep.plan(args)
     assert [(r.status, r.precision) for r in runs] == [("completed", "bf16"), ("to do", "fp32")]
@@ -255,7 +259,8 @@ def test_a_sweep_resumed_on_another_kind_of_machine_says_its_precisions_would_mi
     assert "1 finished run computed in bf16, 1 to train will compute in fp32 here" in out
     assert "ARGS=trainer.precision=bf16" in out
     # one precision throughout: no note
-    (folder / "config.yaml").write_text("trainer:\n  precision_used: fp32\n")
+    (folder / "config.yaml").write_text(OmegaConf.to_yaml({**recorded, "trainer": {**recorded["trainer"],
+                                                                                  "precision_used": "fp32"}}))
     sweep_status.print_plan(sweep.plan(args), args)
     assert "mix precisions" not in capsys.readouterr().out
 
