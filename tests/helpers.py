@@ -35,6 +35,13 @@ def cli(*args: str, env: dict | None = None, module: str = "experiments.train", 
                           capture_output=True, text=True, timeout=timeout)
 
 
+def make(*args: str) -> list[str]:
+    """`make ARGS` as a test runs it: with PY set to the Python running the tests, so `make test PY=...` in an
+    environment of one's own tests that environment, never .venv (which it may not have). A PY handed down by
+    an outer make (MAKEFLAGS) is replaced too, and so is .venv's setup step: nothing is installed."""
+    return ["make", "--no-print-directory", f"PY={sys.executable}", *args]
+
+
 def run_folder(results: Path, name: str = "resnet-8-A", seed: int = 0, exp: str = "single") -> Path:
     return results / exp / "runs" / name / f"seed={seed}"
 

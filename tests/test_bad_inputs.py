@@ -30,7 +30,7 @@ from experiments import sweep as sweep_mod
 from experiments import train as train_mod
 from experiments.checks import ConfigError
 from experiments.data import DataError
-from tests.helpers import REPO, TINY, cli, png_tree
+from tests.helpers import REPO, TINY, cli, make, png_tree
 
 CASES = [
     # -- model
@@ -156,12 +156,11 @@ def _compose(overrides: list[str]):
 
 
 def _run_subprocess(tool: str, words: list[str], results: Path, cache: Path) -> tuple[int, str]:
-    if tool == "make":  # -o: never let a test reinstall the environment (setup is a prerequisite)
+    if tool == "make":  # with this test run's Python as PY (helpers.make): never .venv's, nor its setup
         # As a user types it, at the top level: under `make test` (CI) the inherited MAKELEVEL would turn
         # make's own status line into 'make[1]: ***'.
         env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
-        proc = subprocess.run(["make", "--no-print-directory", "-o", ".venv/.installed", *words], cwd=REPO,
-                              capture_output=True, text=True, timeout=120, env=env)
+        proc = subprocess.run(make(*words), cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
     elif tool == "train":
         proc = cli(*_train_args(words, results, cache), timeout=120)
     else:

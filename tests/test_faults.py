@@ -40,7 +40,7 @@ from experiments.checks import ConfigError
 from experiments.contract import read_json
 from experiments.runfiles import WriteError
 from experiments.stopping import Interrupted
-from tests.helpers import REPO, TINY, cli, metrics, png_tree, run_folder, summary, tiny_cfg
+from tests.helpers import REPO, TINY, cli, make, metrics, png_tree, run_folder, summary, tiny_cfg
 
 SMOKE_RUNS = ("plain-8-none", "resnet-8-A")
 POINTS = (10, 20, 30, 40)  # every tiny-recipe run (smoke sweep or single) evaluates and checkpoints here
@@ -777,13 +777,12 @@ def test_the_sweeps_final_table_reads_a_read_only_results_folder(done_sweep, mon
 
 def test_paths_with_spaces_commas_and_non_ascii_letters_simply_work(tmp_path, smoke_ref):
     results = tmp_path / "my results, für später"
-    make = ["make", "--no-print-directory", "-o", ".venv/.installed"]
-    proc = subprocess.run([*make, "sweep", "EXP=smoke", f"RESULTS={results}"], cwd=REPO, capture_output=True,
+    proc = subprocess.run(make("sweep", "EXP=smoke", f"RESULTS={results}"), cwd=REPO, capture_output=True,
                           text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr
     for name in SMOKE_RUNS:
         assert final(run_folder(results, name, exp="smoke")) == smoke_ref[name]
-    proc = subprocess.run([*make, "report", "EXP=smoke", f"RESULTS={results}"], cwd=REPO, capture_output=True,
+    proc = subprocess.run(make("report", "EXP=smoke", f"RESULTS={results}"), cwd=REPO, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0 and (results / "smoke" / "report.md").exists(), proc.stderr
     tree = _tree(tmp_path / "dätä, copy")

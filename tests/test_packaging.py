@@ -2,6 +2,7 @@
 the console entry points exist, and Hydra's tab completion answers for the training entry point."""
 import configparser
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -47,3 +48,57 @@ def test_hydra_tab_completion_answers_for_the_training_entry_point():
     done = subprocess.run([sys.executable, "-m", "experiments.train", "-sc", "query=bash"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
     assert "experiment=quick" in done.stdout.split() and "experiment=smoke" in done.stdout.split(), done.stderr
+
+
+def test_the_installed_metadata_caps_neither_torch_nor_torchvision():
+    """A user's own PyTorch, newer than any release this suite has seen, satisfies what the suite's installed
+    metadata asks: `pip install -e .` keeps it, never downgrades it. Read with -P, as `make ... PY=` reads it: the
+    installed metadata, not the checkout's egg-info."""
+    import json
+    import tomllib
+
+    from packaging.requirements import Requirement
+    read = ("import importlib.metadata as m, json; "
+            "print(json.dumps(m.distribution('degradation-suite').requires or []))")
+    done = subprocess.run([sys.executable, "-P", "-c", read], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    reqs = {r.name: r for r in map(Requirement, json.loads(done.stdout)) if r.marker is None}
+    for name in ("torch", "torchvision"):
+        spec = reqs[name].specifier
+        assert spec.contains("99.0") and [s.operator for s in spec] == [">="], \
+            f"the installed suite asks for {reqs[name]}: a lower bound only, or pip downgrades a user's {name}"
+    # and pyproject.toml states each as `name>=X.Y`, the form `make test-compat` reads its lowest versions from
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert sum(bool(re.fullmatch(r"torch(vision)?>=[0-9.]+", d)) for d in deps) == 2, deps
+
+
+def test_make_with_a_python_of_ones_own_never_touches_dot_venv(tmp_path):
+    """`make test PY=...` (and every other target) runs that Python alone: no .venv is built or read, and no
+    other Python is started. A copy of the Makefile with no .venv beside it; PY records what it is asked to run;
+    a python3 first on PATH, which `make setup` would call, trips the test."""
+    work, bin_ = tmp_path / "clone", tmp_path / "bin"
+    work.mkdir()
+    bin_.mkdir()
+    for name in ("Makefile", "pyproject.toml", "dev-constraints.txt"):
+        shutil.copy(REPO / name, work)
+    log = tmp_path / "calls"
+    py = bin_ / "my-python"
+    py.write_text(f'#!/bin/sh\necho "$*" >> "{log}"\n')
+    (bin_ / "python3").write_text(f'#!/bin/sh\necho "TRIPWIRE python3 $*" >> "{log}"\nexit 1\n')
+    for f in (py, bin_ / "python3"):
+        f.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    env["PATH"] = f"{bin_}{os.pathsep}{env['PATH']}"
+    # every target that runs the suite's Python (a $(READY) prerequisite), the tests first
+    targets = re.findall(r"^([a-z-]+): \$\(READY\)", (REPO / "Makefile").read_text(), re.M)
+    assert {"test", "test-all", "sweep", "report", "gpu-check"} <= set(targets), targets
+    for target in targets:
+        log.unlink(missing_ok=True)
+        done = subprocess.run(["make", "--no-print-directory", target, f"PY={py}"], cwd=work, env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, (target, done.stderr)
+        calls = log.read_text().splitlines()
+        assert len(calls) == 2 and calls[0].startswith("-P -c import importlib.metadata"), (target, calls)
+        assert calls[1].startswith("-m pytest" if target.startswith("test") else "-m "), (target, calls)
+    assert not (work / ".venv").exists() and sorted(p.name for p in work.iterdir()) == \
+        ["Makefile", "dev-constraints.txt", "pyproject.toml"]
