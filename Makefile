@@ -24,11 +24,13 @@ LAUNCHER ?= basic
 JOBS ?= 1
 ## DRY        DRY=1: print the plan (runs, status, time estimate) and train nothing
 DRY ?=
+## TIME_LIMIT wall-clock budget of a sweep, e.g. 2h30m: the run in progress checkpoints and stops, exit status 75
+TIME_LIMIT ?=
 ## ARGS       any Hydra overrides for every run, comma lists sweep: ARGS='model.depth=20,32 seed=3'
 ARGS ?=
 # Paths reach the recipes through the environment, quoted there ("$$RESULTS"): a space, a comma, a
 # quote or a non-ASCII letter in a path is then part of the path, never shell or make syntax.
-export RESULTS DATA_ROOT
+export RESULTS DATA_ROOT TIME_LIMIT
 
 .DEFAULT_GOAL := help
 .PHONY: help setup py-ready test test-all sweep plots report bench gpu-check data clean
@@ -39,9 +41,11 @@ help:  ## list the targets and variables
 	@echo "variables (make sweep EXP=degradation SEEDS=3 ...):"
 	@grep -E '^## [A-Z_]+ ' $(MAKEFILE_LIST) | sed 's/^## /  /'
 
-.venv/.installed: pyproject.toml
+# dev-constraints.txt pins the torch this project's machines hold on disk: .venv takes it from there, never a
+# download; the package's metadata keeps lower bounds only (a user's own torch stays as it is).
+.venv/.installed: pyproject.toml dev-constraints.txt
 	python3 -m venv .venv
-	.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+	.venv/bin/pip install -q --disable-pip-version-check -c dev-constraints.txt -e '.[test]'
 	touch $@
 
 setup: .venv/.installed  ## create .venv and install the suite with its test extras (fast when done)
@@ -60,15 +64,45 @@ test: $(READY)  ## the fast test suite (what CI runs)
 test-all: $(READY)  ## every test, the slow ones included
 	$(PY) -m pytest -q -m '' $(PYTEST_WORKERS)
 
+# `make test` in a fresh environment per Python in COMPAT_PYTHONS, built under COMPAT_ENVS (beside the checkout) with
+# the lowest torch and torchvision that pyproject.toml admits (read from it): what the metadata promises, tested.
+# Each environment's own pip installs them, several GB from the registry the first time: never CI (offline, fast).
+# Either list may be set on the command line: COMPAT_PYTHONS='python3.11 /path/to/python3.12'.
+# PYTEST_WORKERS='-n 0' runs each suite in one process, beside other work.
+COMPAT_ENVS := ../envs
+COMPAT_PYTHONS := python3.11 python3.12
+# Through a variable, not $$(MAKE) itself: `make -n test-compat` then prints the plan and installs nothing.
+COMPAT_TEST = $(MAKE) --no-print-directory test
+COMPAT_PINS := import re, tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; \
+	print(' '.join(d.replace('>=', '==') for d in deps if re.fullmatch(r'torch(vision)?>=[0-9.]+', d)))
+.PHONY: test-compat
+test-compat:  ## the tests at the lowest torch/torchvision kept, per Python in COMPAT_PYTHONS (downloads GBs; not CI)
+	@pins="$$($(firstword $(COMPAT_PYTHONS)) -c "$(COMPAT_PINS)")"; tag="$${pins%% *}"; failed=; \
+	[[ "$$pins" == torch==*" "torchvision==* ]] || { echo "error: no torch>=X / torchvision>=Y in pyproject.toml" >&2; exit 2; }; \
+	for py in $(COMPAT_PYTHONS); do \
+		env="$(COMPAT_ENVS)/$$($$py -c 'import sys; print("py%d.%d" % sys.version_info[:2])')-$${tag/==/}" || exit 2; \
+		echo "== $$env: $$pins"; \
+		{ [ -x "$$env/bin/python" ] || $$py -m venv "$$env"; } \
+		&& "$$env/bin/python" -m pip install -q --disable-pip-version-check $$pins -e '.[test]' \
+		&& "$$env/bin/python" -P -c 'import sys, torch as t, torchvision as v; print(sys.version, t.__version__, v.__version__)' \
+		&& $(COMPAT_TEST) PY="$$env/bin/python" || failed="$$failed $$env"; \
+	done; \
+	[ -z "$$failed" ] || { echo "error: make test failed in:$$failed" >&2; exit 1; }
+
 sweep: $(READY)  ## train an experiment: make sweep [EXP=quick] [SEEDS=n] [DATA=... DATA_ROOT=...] [RESULTS=...] [LAUNCHER=...] [JOBS=n] [DRY=1] [ARGS=...]
 	$(PY) -m experiments.sweep --exp $(EXP) --seeds $(SEEDS) --launcher $(LAUNCHER) --jobs $(JOBS) \
-		--results "$$RESULTS" $(if $(DATA),--data $(DATA)) $(if $(DATA_ROOT),--data-root "$$DATA_ROOT") $(if $(DRY),--dry-run) $(ARGS)
+		--results "$$RESULTS" $(if $(DATA),--data $(DATA)) $(if $(DATA_ROOT),--data-root "$$DATA_ROOT") $(if $(DRY),--dry-run) $(if $(TIME_LIMIT),--time-limit="$$TIME_LIMIT") $(ARGS)
 
 plots: $(READY)  ## write the figures of an experiment: make plots [EXP=quick]
 	$(PY) -m analysis.report --results "$$RESULTS/$(EXP)" --figures-only
 
 report: $(READY)  ## write figures, tables and report.html/report.md: make report [EXP=quick]
 	$(PY) -m analysis.report --results "$$RESULTS/$(EXP)"
+
+# Here ARGS are the tools' options (python -m experiments.analyse_nets --help), e.g. on a GPU ARGS='--grid 51 --points 51 --subset 10000'.
+.PHONY: analyse-nets
+analyse-nets: $(READY)  ## lesion study + loss landscape of an experiment's trained nets (skips what is done): make analyse-nets EXP=... [ARGS=...]
+	$(PY) -m experiments.analyse_nets --results "$$RESULTS/$(EXP)" $(ARGS)
 
 bench: $(READY)  ## throughput of the suite vs a conventional PyTorch pipeline on this device
 	$(PY) -m experiments.bench

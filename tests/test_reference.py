@@ -60,3 +60,18 @@ def test_readme_shows_the_committed_numbers():
     reports = "\n".join((REFERENCES / name / "report.md").read_text() for name in COMMITTED)
     for row in rows:  # every table row in the README is copied from a generated report, never typed
         assert row in reports, row
+
+
+def test_a_committed_checkpoint_belongs_to_an_unfinished_run_and_loads_as_data():
+    """The only checkpoints in the tree are those of reference runs still in progress (a fresh clone's
+    `make sweep` resumes them); the commit that lands a run removes its last.pt, whose weights stay."""
+    import json
+
+    import torch
+    for ckpt in sorted(REFERENCES.glob("*/runs/*/seed=*/last.pt")):
+        summary = ckpt.parent / "summary.json"
+        assert not summary.exists() or json.loads(summary.read_text()).get("status") not in ("completed", "diverged"), \
+            f"{ckpt}: the run is finished; remove its checkpoint (weights.safetensors keeps the net)"
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        metrics = (ckpt.parent / "metrics.jsonl").read_text().splitlines()
+        assert json.loads(metrics[-1])["iter"] <= state["iteration"], f"{ckpt}: metrics beyond the checkpoint"
