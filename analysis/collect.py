@@ -181,7 +181,8 @@ def _read_run(run_dir: Path, root: Path, warnings: list[str]):
     disorder = curve_disorder(records)
     records = sorted(records, key=lambda r: r["iter"])  # the figures' first and last points, whatever the file
     row = {"run_id": run_id, "run": run_dir.parent.name, **ident, "status": status,
-           "n_points": len(records), "data_root": data.get("root")}
+           "n_points": len(records), "data_root": data.get("root"),
+           "checkpoint": (run_dir / "last.pt").is_file()}  # an unfinished run the sweep resumes from there
     for key in SUMMARY_FIELDS:
         row[key] = (summary or {}).get(key)
     # Fill in from config and metrics what a run without a usable summary still tells us.

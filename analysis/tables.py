@@ -13,7 +13,7 @@ import math
 import pandas as pd
 
 from analysis import paper, stats
-from analysis.collect import COMPLETED, CORRUPT, DAMAGED, DIVERGED, OTHER_RECIPE, Results
+from analysis.collect import COMPLETED, CORRUPT, DAMAGED, DIVERGED, INCOMPLETE, OTHER_RECIPE, Results
 
 NET = ["arch", "shortcut", "depth"]
 
@@ -278,7 +278,9 @@ def inventory(results: Results) -> pd.DataFrame:
                     f"last point iter {int(run.last_iter)}, train err {run.last_train_err:.2f}%, "
                     f"test err {run.last_test_err:.2f}%")
             error = f" ({run.error})" if isinstance(run.error, str) else ""
-            notes.append(f"{run.status}: {seen}; not counted{error}")
+            resumes = "; partial: its checkpoint (last.pt) resumes with the sweep's command" \
+                if run.status == INCOMPLETE and getattr(run, "checkpoint", False) is True else ""
+            notes.append(f"{run.status}: {seen}{resumes}; not counted{error}")
     table = pd.DataFrame({
         "run": runs["run"], "seed": runs["seed"], "status": runs["status"], "arch": runs["arch"],
         "depth": runs["depth"], "shortcut": runs["shortcut"], "params": integers(runs["params"]),

@@ -803,3 +803,16 @@ def test_an_ablation_with_one_seed_says_its_spread_is_unknown(tmp_path):
     text = findings.headline(results, tables.verdict(results), tables.abc_pairs(results))
     assert text.startswith("Shortcut options, final test error") and "B − A -2.00 points (one seed)" in text
     assert "spread between seeds is unknown" in text and "resolve none" not in text
+
+
+def test_a_partial_run_with_its_checkpoint_is_named_as_one_the_sweep_resumes(tmp_path):
+    """A reference run committed mid-way with its last.pt (a fresh clone's make sweep continues it) is listed as
+    partial at its last point; one without a checkpoint is only incomplete."""
+    exp = tmp_path / "exp"
+    write_run(exp, "resnet", 20)
+    (write_run(exp, "resnet", 56, status=None, points=3) / "last.pt").write_bytes(b"a checkpoint")
+    write_run(exp, "plain", 56, status=None, points=2)
+    inventory = tables.inventory(collect(exp)).set_index("run")
+    assert "last point iter" in inventory.loc["resnet-56-A", "note"]
+    assert "partial: its checkpoint (last.pt) resumes with the sweep's command" in inventory.loc["resnet-56-A", "note"]
+    assert "partial" not in inventory.loc["plain-56-none", "note"]
