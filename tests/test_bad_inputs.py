@@ -83,7 +83,7 @@ CASES = [
     ("sweep-args-not-an-override", "sweep --exp smoke lr", "ARGS override 'lr' is not valid Hydra syntax"),
     ("sweep-args-unknown-key", "sweep --exp smoke optim.lrr=0.1", "Could not override 'optim.lrr'; to append"),
     ("sweep-args-unknown-option", "sweep --exp smoke model=foo", "Could not find 'model/foo'; choose one of plain"),
-    ("sweep-data-unknown", "sweep --exp smoke --data nope", "Could not find 'data/nope'; choose one of"),
+    ("sweep-data-unknown", "sweep --exp smoke --data nope", "unknown DATA 'nope'; choose one of"),
     ("make-sweep-exp-missing", "make sweep EXP=nope RESULTS={results}", "no experiment 'nope'"),
     ("make-sweep-args-malformed", "make sweep EXP=smoke RESULTS={results} ARGS='optim.lr=[0.1'",
      "is not valid Hydra syntax"),
