@@ -19,7 +19,7 @@ from experiments.contract import arch_kind, shortcut_name
 
 IDENTITY = ("arch", "depth", "shortcut", "seed")
 # Config leaves that change what every run of an experiment computes, so pooled runs must share them
-# (experiments/resume_guard.py RESULT_KEYS, without the model, which differs between nets, the seed, and
+# (experiments/run/resume_guard.py RESULT_KEYS, without the model, which differs between nets, the seed, and
 # trainer.precision, which the report already follows per seed: it names every pair that mixes two).
 SHARED_KEYS = ("optim.", "schedule.", "data.source", "data.split", "data.train_subset", "data.num_train",
                "data.num_eval", "data.normalize", "data.augment", "trainer.eval_every", "trainer.probes",

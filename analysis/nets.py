@@ -1,5 +1,5 @@
 """The trained nets as the measuring tools saw them: lesion.json and landscape.json beside a completed
-run's weights.safetensors (experiments/lesion.py, experiments/landscape.py, `make analyse-nets`), read
+run's weights.safetensors (experiments/tools/lesion.py, experiments/tools/landscape.py, `make analyse-nets`), read
 into tables, and the report's section "Why residual nets train" (figures: analysis/nets_figures.py).
 
 Read like every other run file: a missing file is "not measured yet", an unreadable or malformed one is

@@ -45,7 +45,7 @@ def cpu_name() -> str:
 
 def cpu_kind() -> dict:
     """What tells one kind of CPU from another, for speed and exact numerics alike: benchmarks that calibrate
-    the planner's estimates (sweep_status.this_device) and the tests' pinned metrics match on it. The name
+    the planner's estimates (sweep/status.py, this_device) and the tests' pinned metrics match on it. The name
     alone is not enough: this project's VM has been an "AMD EPYC" with AVX512-BF16 and one with AVX2 only,
     4.5x apart in fp32 speed and apart in the fifth digit of a metric."""
     return {"cpu": cpu_name(), "native_bf16": cpu_supports_bf16(),
@@ -169,7 +169,7 @@ class RunDevice:
     channels_last: bool
     compile: bool           # torch.compile the model (not the step)
     threads: int
-    cuda_graphs: bool = False   # the whole training step as one CUDA graph (experiments/graphs.py)
+    cuda_graphs: bool = False   # the whole training step as one CUDA graph (experiments/run/graphs.py)
     note: str | None = None     # why the precision is not the obvious one, printed once by the run
 
     @property

@@ -20,15 +20,15 @@ from filelock import FileLock, Timeout
 from omegaconf import DictConfig
 
 from experiments import CONF
-from experiments.checks import ConfigError, check_config
+from experiments.contract import COMPLETED, FAILED, FINISHED, FORMAT_VERSION, arch_kind, read_json, run_dir, shortcut_name
 from experiments.data import DataError
 from experiments.device import claim_gpu, pick_device
-from experiments.contract import COMPLETED, FAILED, FINISHED, FORMAT_VERSION, arch_kind, read_json, run_dir, shortcut_name
 from experiments.models import block_name, model_name
-from experiments.resume_guard import config_yaml, recorded_precision, refuse_changed_config
+from experiments.run.checks import ConfigError, check_config
+from experiments.run.resume_guard import config_yaml, recorded_precision, refuse_changed_config
+from experiments.run.stopping import Interrupted, budget_spent, run_deadline
+from experiments.run.trainer import Trainer
 from experiments.runfiles import WriteError, atomic_write_bytes, atomic_write_json, atomic_write_text, load_checkpoint
-from experiments.stopping import Interrupted, budget_spent, run_deadline
-from experiments.trainer import Trainer
 from experiments.weights import WEIGHTS, weights_bytes
 
 LOCK_WAIT_S = 2  # a run locked longer than this is being trained by another process: skip it

@@ -26,10 +26,10 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from analysis import report as report_mod
-from experiments import sweep as sweep_mod
 from experiments import train as train_mod
-from experiments.checks import ConfigError
 from experiments.data import DataError
+from experiments.run.checks import ConfigError
+from experiments.sweep import launch as sweep_launch
 from tests.helpers import REPO, TINY, cli, make, png_tree
 
 CASES = [
@@ -83,7 +83,7 @@ CASES = [
     ("sweep-args-not-an-override", "sweep --exp smoke lr", "ARGS override 'lr' is not valid Hydra syntax"),
     ("sweep-args-unknown-key", "sweep --exp smoke optim.lrr=0.1", "Could not override 'optim.lrr'; to append"),
     ("sweep-args-unknown-option", "sweep --exp smoke model=foo", "Could not find 'model/foo'; choose one of plain"),
-    ("sweep-data-unknown", "sweep --exp smoke --data nope", "Could not find 'data/nope'; choose one of"),
+    ("sweep-data-unknown", "sweep --exp smoke --data nope", "unknown DATA 'nope'; choose one of"),
     ("make-sweep-exp-missing", "make sweep EXP=nope RESULTS={results}", "no experiment 'nope'"),
     ("make-sweep-args-malformed", "make sweep EXP=smoke RESULTS={results} ARGS='optim.lr=[0.1'",
      "is not valid Hydra syntax"),
@@ -144,7 +144,7 @@ def _run_in_process(tool: str, words: list[str], results: Path, cache: Path) -> 
     err = io.StringIO()
     with redirect_stderr(err), redirect_stdout(io.StringIO()):
         if tool == "sweep":
-            rc = sweep_mod.main(words if "--results" in words else [*words, "--results", str(results)])
+            rc = sweep_launch.main(words if "--results" in words else [*words, "--results", str(results)])
         else:
             rc = report_mod.main(words)
     return rc, err.getvalue()

@@ -17,13 +17,13 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision import transforms as T
 
-from experiments import bench
 from experiments.data import augment_batch
+from experiments.tools import bench
 
 ROW_KEYS = {"model", "arch", "depth", "macs", "precision", "device", "suite_images_per_s",
             "conventional_images_per_s", "bound_images_per_s", "ratio", "overhead", "peak_mem_mb"}
 TOP_KEYS = {"device", "device_name", "torch_version", "threads", "git_commit", "rows", "depth_scaling",
-            "cpu_capability"}  # a CPU benchmark is matched to CPUs by kind (sweep_status.this_device)
+            "cpu_capability"}  # a CPU benchmark is matched to CPUs by kind (sweep/status.py, this_device)
 
 
 def test_bench_writes_every_field(tmp_path, capsys):

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments import sweep as sweep_mod
 from experiments import train as train_mod
-from experiments import trainer as trainer_mod
-from experiments.checks import ConfigError
-from experiments.stopping import BUDGET_EXIT, DEADLINE_ENV, Interrupted, parse_duration, run_deadline
+from experiments.run import trainer as trainer_mod
+from experiments.run.checks import ConfigError
+from experiments.run.stopping import BUDGET_EXIT, DEADLINE_ENV, Interrupted, parse_duration, run_deadline
+from experiments.sweep import launch as sweep_launch
 from tests.helpers import REPO, TINY, cli, metrics, run_folder, summary, tiny_cfg
 
 
@@ -86,7 +86,7 @@ def test_the_sweeps_deadline_reaches_its_runs_and_the_sooner_limit_wins(monkeypa
 
 @pytest.mark.parametrize("value", ["soon", "-5m"])
 def test_a_bad_time_limit_is_one_line_and_exit_2_for_a_sweep_and_a_run(value, tmp_path, capsys):
-    assert sweep_mod.main(["--exp", "smoke", "--results", str(tmp_path), f"--time-limit={value}"]) == 2
+    assert sweep_launch.main(["--exp", "smoke", "--results", str(tmp_path), f"--time-limit={value}"]) == 2
     err = capsys.readouterr().err
     assert err.strip().count("\n") == 0 and f"TIME_LIMIT {value!r} is not a duration; write it as 2h30m" in err
     with pytest.raises(ConfigError, match=rf"time limit {re.escape(repr(value))} is not a duration.*trainer.time_limit=2h30m"):

@@ -32,14 +32,16 @@ from filelock import FileLock
 from hydra import compose, initialize_config_dir
 
 from analysis import report as report_mod
-from experiments import resume_guard
-from experiments import sweep as sweep_mod
 from experiments import train as train_mod
-from experiments import trainer as trainer_mod
-from experiments.checks import ConfigError
 from experiments.contract import read_json
+from experiments.run import resume_guard
+from experiments.run import trainer as trainer_mod
+from experiments.run.checks import ConfigError
+from experiments.run.stopping import Interrupted
 from experiments.runfiles import WriteError
-from experiments.stopping import Interrupted
+from experiments.sweep import launch as sweep_launch
+from experiments.sweep import plan as sweep_plan
+from experiments.sweep import status as sweep_status
 from tests.helpers import REPO, TINY, cli, make, metrics, png_tree, run_folder, summary, tiny_cfg
 
 SMOKE_RUNS = ("plain-8-none", "resnet-8-A")
@@ -501,8 +503,8 @@ def test_a_run_locked_by_another_process_is_skipped_and_reported_as_such(tmp_pat
         err = capsys.readouterr().err
         assert f"skipped {folder}: another process is training this run right now" in err
         assert not (folder / "metrics.jsonl").exists()
-        planned = [sweep_mod.PlannedRun([], folder, "to do", 40, 1280, 1, "fp32", {}, "cpu")]
-        assert sweep_mod.report(planned) == 0
+        planned = [sweep_plan.PlannedRun([], folder, "to do", 40, 1280, 1, "fp32", {}, "cpu")]
+        assert sweep_status.report(planned) == 0
         out, err = capsys.readouterr()
         assert re.search(r"seed=0\s+training", out)
         assert "1 run(s) are being trained by another process right now" in err and "failed" not in err
@@ -657,13 +659,12 @@ def test_an_edited_config_of_a_finished_run_fails_the_sweep_with_exit_2(done_swe
     (plain / "config.yaml").write_text(edited)
     proc = _rerun_sweep(done_sweep)
     assert proc.returncode == 2, proc.stderr
-    assert re.search(r"plain-8-none/seed=0\s+error", proc.stdout)
-    errors = proc.stderr.strip().splitlines()
-    assert errors[-2] == (f"error: {plain}: {plain} holds a run with a different config (optim.lr, schedule.lr, "
-                          f"per its config.yaml); use trainer.resume=false to start it over or "
-                          f"experiment_name=... for a new folder")
-    assert errors[-1] == "1 run(s) stopped on the error(s) above; fix them, then rerun the same command"
-    assert (plain / "config.yaml").read_text() == edited and "Traceback" not in proc.stderr
+    # refused by the plan, before anything launches (sweep/plan.py refuse_mixing): no run, no final table
+    assert "$ " not in proc.stdout and "status" not in proc.stdout, proc.stdout
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {plain} holds a run with a different config (optim.lr, schedule.lr, per its config.yaml); use "
+        f"trainer.resume=false to start it over or experiment_name=... for a new folder"]
+    assert (plain / "config.yaml").read_text() == edited
 
 
 @pytest.mark.parametrize("override,needle", [
@@ -693,8 +694,8 @@ def test_run_folders_of_unknown_kinds_are_problems_and_the_rest_is_reported(done
 
 
 def test_the_report_lists_planned_runs_never_started_and_a_nan_result_as_problems(done_sweep, capsys):
-    args = sweep_mod.parse_args(["--exp", "smoke", "--seeds", "2", "--results", str(done_sweep)])
-    sweep_mod.write_plan(sweep_mod.plan(args), args)  # seed 1 planned, never started
+    args = sweep_launch.parse_args(["--exp", "smoke", "--seeds", "2", "--results", str(done_sweep)])
+    sweep_plan.write_plan(sweep_plan.plan(args), args)  # seed 1 planned, never started
     resnet = run_folder(done_sweep, "resnet-8-A", exp="smoke")
     summary_ = _summary_of(resnet)
     (resnet / "summary.json").write_text(json.dumps(summary_ | {"final_test_err": float("nan")}))
@@ -764,13 +765,13 @@ def test_the_sweeps_final_table_reads_a_read_only_results_folder(done_sweep, mon
         if str(path).startswith(str(done_sweep)) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
             raise OSError(errno.EROFS, "Read-only file system", str(path))
         return real_open(path, flags, *args, **kwargs)
-    planned = [sweep_mod.PlannedRun([], run_folder(done_sweep, name, exp="smoke"), "to do", 40, 1280, 1, "fp32", {},
+    planned = [sweep_plan.PlannedRun([], run_folder(done_sweep, name, exp="smoke"), "to do", 40, 1280, 1, "fp32", {},
                                     "cpu")
                for name in SMOKE_RUNS]
     for run in planned:
         (run.folder / ".lock").touch()  # what every trained run leaves
     monkeypatch.setattr(os, "open", read_only)
-    assert sweep_mod.report(planned) == 0
+    assert sweep_status.report(planned) == 0
     out = capsys.readouterr().out
     assert all(re.search(rf"{name}/seed=0\s+completed", out) for name in SMOKE_RUNS), out
 

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from experiments import gpu_check
+from experiments.tools import gpu_check
 
 ORDER = ["environment", "resume", "sync_audit", "profile", "bench", "sharing"]
 

@@ -16,15 +16,18 @@ from omegaconf import OmegaConf
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from experiments import device as device_mod
-from experiments import sweep
 from experiments import train as train_mod
-from experiments import trainer as trainer_mod
-from experiments.checks import ConfigError
 from experiments.data import DeviceBatches, load_data
 from experiments.device import RunDevice, cpu_kind, made_on_a_machine_like, pick_device, resolve_precision
 from experiments.models import build_from_config
-from experiments.probes import evaluate
-from experiments.schedule import RunningError
+from experiments.run import trainer as trainer_mod
+from experiments.run.checks import ConfigError
+from experiments.run.probes import evaluate
+from experiments.run.schedule import RunningError
+from experiments.sweep import launch as sweep_launch
+from experiments.sweep import plan as sweep_plan
+from experiments.sweep import request as sweep_request
+from experiments.sweep import status as sweep_status
 from tests.helpers import REPO, TINY, cli, metrics, run_folder, summary, tiny_cfg
 
 PINNED = json.loads((REPO / "tests" / "data" / "tiny_metrics_pinned.json").read_text())["machines"]
@@ -210,9 +213,9 @@ def test_planning_on_a_gpu_machine_never_initialises_cuda(monkeypatch, capsys):
     for name in ("_lazy_init", "init", "is_available", "current_device", "get_device_capability",
                  "get_device_properties", "is_bf16_supported", "get_device_name", "synchronize"):
         monkeypatch.setattr(torch.cuda, name, starts_cuda)
-    args = sweep.parse_args(["--exp", "quick", "--results", "/nonexistent-results", "--dry-run"])
-    runs = sweep.plan(args)
-    sweep.print_plan(runs, args)
+    args = sweep_launch.parse_args(["--exp", "quick", "--results", "/nonexistent-results", "--dry-run"])
+    runs = sweep_plan.plan(args)
+    sweep_status.print_plan(runs, args)
     assert len(runs) == 4 and {r.precision for r in runs} == {"bf16"}  # `fast` on an sm_90: native bf16
     assert "estimated time on cuda" in capsys.readouterr().out
     assert not torch.cuda.is_initialized()
@@ -344,11 +347,11 @@ def test_the_local_launcher_is_refused_where_it_cannot_place_runs_on_gpus(monkey
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
     argv = ["--exp", "quick", "--launcher", "local", "--dry-run"]
     if gpus == 0:  # a CPU machine (or CUDA_VISIBLE_DEVICES= on purpose): the submitit path as before
-        assert sweep.parse_args(argv).launcher == "local"
+        assert sweep_launch.parse_args(argv).launcher == "local"
         return
-    with pytest.raises(sweep.SweepError, match=f"LAUNCHER=local cannot give runs their own GPU .* "
+    with pytest.raises(sweep_request.SweepError, match=f"LAUNCHER=local cannot give runs their own GPU .* "
                                                f"use LAUNCHER=joblib JOBS={gpus}$"):
-        sweep.parse_args(argv)
+        sweep_launch.parse_args(argv)
 
 
 # -- a checkpoint resumes wherever it can: other GPU counts, other layouts, several compiled nets ---------

@@ -1,5 +1,5 @@
-"""Trained nets measured and drawn: the lesion study and the loss landscape (experiments/lesion.py,
-experiments/landscape.py, make analyse-nets) on tiny trained nets, and the report's section "Why residual
+"""Trained nets measured and drawn: the lesion study and the loss landscape (experiments/tools/lesion.py,
+experiments/tools/landscape.py, make analyse-nets) on tiny trained nets, and the report's section "Why residual
 nets train" (analysis/nets.py, nets_figures.py) from those files and from crafted ones."""
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import torch.nn.functional as F
 
 from analysis import figures, nets, nets_figures, report
 from analysis.collect import collect
-from experiments import analyse_nets, landscape, lesion
 from experiments import train as train_mod
-from experiments.evaluate import evaluate_run
-from experiments.trained_run import open_run
+from experiments.tools import analyse_nets, landscape, lesion
+from experiments.tools.evaluate import evaluate_run
+from experiments.tools.trained_run import open_run
 from experiments.weights import WEIGHTS, load_trained
 from tests.helpers import summary, tiny_cfg
 from tests.test_analysis import write_run

@@ -29,7 +29,9 @@ def test_the_wheel_carries_the_configs_and_runs_a_sweep_plan_from_any_folder(tmp
         scripts.read_string(zf.read(entry_points).decode())
     conf = {str(p.relative_to(REPO / "conf")) for p in (REPO / "conf").rglob("*.yaml")}
     assert {f"experiments/conf/{c}" for c in conf} <= names
-    assert dict(scripts["console_scripts"]) == {"degradation-sweep": "experiments.sweep:main",
+    # every module of the source tree, its subpackages' too ([tool.setuptools] packages lists each one)
+    assert {str(p.relative_to(REPO)) for p in (REPO / "experiments").rglob("*.py")} <= names
+    assert dict(scripts["console_scripts"]) == {"degradation-sweep": "experiments.sweep.launch:main",
                                                 "degradation-report": "analysis.report:main",
                                                 "degradation-train": "experiments.train:main"}
     away = tmp_path / "elsewhere"

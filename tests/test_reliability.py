@@ -29,8 +29,8 @@ from omegaconf import OmegaConf
 from analysis import report, tables
 from analysis.collect import COMPLETED, DAMAGED, OTHER_RECIPE, collect
 from experiments import data as D
-from experiments import sweep_status
 from experiments.data import sources
+from experiments.sweep import status as sweep_status
 from tests.helpers import REPO, TINY, png_tree
 from tests.test_analysis import write_run
 
@@ -386,10 +386,10 @@ def test_a_link_loop_in_the_way_of_figures_is_named_as_such(reported, capsys):
 ])
 def test_a_sweep_that_would_mix_recipes_is_refused_before_any_run_trains(args, needle, tmp_path, smoke_root, capsys):
     import shutil
-    from experiments import sweep as sweep_mod
+    from experiments.sweep import launch as sweep_launch
     shutil.copytree(smoke_root, tmp_path / "res")
     before = sorted(p for p in (tmp_path / "res").rglob("*"))
-    assert sweep_mod.main(["--exp", "smoke", "--results", str(tmp_path / "res"), *args]) == 2
+    assert sweep_launch.main(["--exp", "smoke", "--results", str(tmp_path / "res"), *args]) == 2
     err = capsys.readouterr().err
     assert needle in err and err.strip().count("\n") == 0
     assert sorted(p for p in (tmp_path / "res").rglob("*")) == before  # seed 1 never started

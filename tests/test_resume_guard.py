@@ -3,7 +3,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from experiments import resume_guard
+from experiments.run import resume_guard
 from tests.helpers import REPO
 
 GROUPS = ("data", "model", "optim", "schedule", "trainer", "experiment")
@@ -29,7 +29,7 @@ def test_every_config_leaf_is_either_a_result_key_or_listed_as_not_one():
     assert {"model.depth", "data.num_train", "trainer.device"} <= leaves  # the groups' options were composed
     result = {leaf for leaf in leaves if any(covers(k, leaf) for k in resume_guard.RESULT_KEYS)}
     other = {leaf for leaf in leaves if any(covers(k, leaf) for k in resume_guard.NOT_RESULT_KEYS)}
-    assert not leaves - result - other, "classify these in experiments/resume_guard.py (RESULT_KEYS or NOT_RESULT_KEYS)"
+    assert not leaves - result - other, "classify these in run/resume_guard.py (RESULT_KEYS or NOT_RESULT_KEYS)"
     assert not result & other
     stale = [k for k in (*resume_guard.RESULT_KEYS, *resume_guard.NOT_RESULT_KEYS)
              if not any(covers(k, leaf) for leaf in leaves)]

@@ -7,7 +7,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from experiments import device as device_mod
-from experiments import sweep, sweep_status
+from experiments.sweep import launch as sweep_launch
+from experiments.sweep import plan as sweep_plan
+from experiments.sweep import request as sweep_request
+from experiments.sweep import status as sweep_status
 from tests.helpers import REPO, cli, metrics, run_folder, smoke_cfg, summary
 
 EXPECTED = {
@@ -24,12 +27,12 @@ EXPECTED = {
 
 
 def planned(exp: str, seeds: int = 1, *extra: str):
-    args = sweep.parse_args(["--exp", exp, "--seeds", str(seeds), "--results", "/nonexistent-results", *extra])
-    return sweep.plan(args)
+    args = sweep_launch.parse_args(["--exp", exp, "--seeds", str(seeds), "--results", "/nonexistent-results", *extra])
+    return sweep_plan.plan(args)
 
 
 def test_every_experiment_file_is_covered_here():
-    assert sorted(EXPECTED) == sweep.experiments()
+    assert sorted(EXPECTED) == sweep_launch.experiments()
 
 
 @pytest.mark.parametrize("exp", sorted(EXPECTED))
@@ -49,7 +52,7 @@ def test_paper_experiments_use_the_paper_recipe():
             assert (cfg.optim.weight_decay, cfg.optim.momentum, cfg.data.source) == (1e-4, 0.9, "cifar10")
         quick = compose("config", overrides=["experiment=quick"])
         assert quick.schedule.iterations == 2000 and quick.optim.batch_size == 128 and quick.data.train_subset is None
-        from experiments.schedule import LrSchedule
+        from experiments.run.schedule import LrSchedule
         for exp, iterations, drops in (("shortcuts_quick", 2000, (1000, 1500)), ("degradation_16k", 16000, (8000, 12000))):
             cfg = compose("config", overrides=[f"experiment={exp}"])
             assert (cfg.schedule.iterations, cfg.optim.lr, cfg.optim.batch_size) == (iterations, 0.1, 128), exp
@@ -72,7 +75,7 @@ def test_slurm_and_local_launchers_compose():
     (["--launcher", "pbs"], "unknown LAUNCHER 'pbs'"),
 ])
 def test_bad_sweep_requests_are_one_clear_line(argv, needle, capsys):
-    assert sweep.main(argv) == 2
+    assert sweep_launch.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0]
 
@@ -80,7 +83,7 @@ def test_bad_sweep_requests_are_one_clear_line(argv, needle, capsys):
 def test_results_pointing_at_a_file_is_refused(tmp_path, capsys):
     target = tmp_path / "file"
     target.write_text("")
-    assert sweep.main(["--exp", "smoke", "--results", str(target), "--dry-run"]) == 2
+    assert sweep_launch.main(["--exp", "smoke", "--results", str(target), "--dry-run"]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err
 
 
@@ -110,11 +113,11 @@ def test_the_slurm_code_path_runs_through_submitits_local_executor(tmp_path, smo
 
 def test_launcher_settings_can_be_refined_on_the_command_line(capsys):
     argv = ["--exp", "smoke", "--launcher", "slurm", "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=60"]
-    assert sweep.main([*argv, "--dry-run"]) == 0
+    assert sweep_launch.main([*argv, "--dry-run"]) == 0
     assert "2 runs" in capsys.readouterr().out
     # What Hydra would launch every job with: the slurm launcher, refined by ARGS, not its defaults.
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        jobs = sweep.expand(sweep.parse_args(argv))
+        jobs = sweep_request.expand(sweep_launch.parse_args(argv))
         launchers = [compose("config", overrides=job, return_hydra_config=True).hydra.launcher for job in jobs]
     assert len(launchers) == 2
     assert all(l._target_.endswith("SlurmLauncher") and l.partition == "gpu" and l.timeout_min == 60
@@ -124,10 +127,10 @@ def test_launcher_settings_can_be_refined_on_the_command_line(capsys):
 # -- ARGS: every Hydra override, as Hydra's own sweeper reads it ------------------------------------------
 
 def test_hydra_sweep_combines_overrides_as_hydras_basic_sweeper():
-    # Pins the private API sweep.hydra_sweep relies on: a product of the comma lists in first-seen key order,
+    # Pins the private API request.hydra_sweep relies on: a product of the comma lists in first-seen key order,
     # a later value of a key replacing the earlier one in place (the command line over the experiment's params).
-    jobs = sweep.hydra_sweep(["model=plain,resnet", "model.depth=20,56", "seed=0", "data=fake", "model.depth=8,14",
-                              "seed=3"])
+    jobs = sweep_request.hydra_sweep(["model=plain,resnet", "model.depth=20,56", "seed=0", "data=fake",
+                                      "model.depth=8,14", "seed=3"])
     assert jobs == [[f"model={m}", f"model.depth={d}", "seed=3", "data=fake"]
                     for m in ("plain", "resnet") for d in (8, 14)]
 
@@ -162,7 +165,7 @@ def test_experiment_without_dash_m_runs_its_whole_sweep(tmp_path):
 
 def test_every_experiment_file_is_a_multirun():
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        for exp in sweep.experiments():
+        for exp in sweep_launch.experiments():
             cfg = compose("config", overrides=[f"experiment={exp}"], return_hydra_config=True)
             assert str(cfg.hydra.mode) == "RunMode.MULTIRUN", exp
         assert compose("config", return_hydra_config=True).hydra.mode is None  # a single run stays single
@@ -177,7 +180,7 @@ def test_offline_default_data_is_one_line_before_any_run(tmp_path, monkeypatch, 
         raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
     monkeypatch.setattr(torchvision.datasets.CIFAR10, "download", offline)  # what torchvision does offline
     monkeypatch.chdir(tmp_path)
-    assert sweep.main(["--exp", "smoke", "--data", "cifar10", "--results", "out"]) == 2
+    assert sweep_launch.main(["--exp", "smoke", "--data", "cifar10", "--results", "out"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "DATA=cifar10_folder DATA_ROOT=" in err[0] and "by hand" in err[0]
     assert list(tmp_path.iterdir()) == []  # no results, no empty data/ folder
@@ -192,8 +195,8 @@ def test_estimates_use_a_matching_benchmark_beside_results(tmp_path, capsys):
     (tmp_path / "bench").mkdir()
     (tmp_path / "bench" / "latest.json").write_text(json.dumps(bench))
     args_list = ["--exp", "smoke", "--results", str(tmp_path), "trainer.precision=fp32"]
-    args = sweep.parse_args(args_list)
-    runs = sweep.plan(args)
+    args = sweep_launch.parse_args(args_list)
+    runs = sweep_plan.plan(args)
     rates, used = sweep_status.calibration(str(tmp_path), "cpu")
     assert used == (tmp_path / "bench" / "latest.json").resolve() and rates == {"fp32": rate}
     assert runs[0].device == "cpu"
@@ -202,10 +205,11 @@ def test_estimates_use_a_matching_benchmark_beside_results(tmp_path, capsys):
     runs[0].folder.mkdir(parents=True)
     (runs[0].folder / "last.pt").write_bytes(b"")
     (runs[0].folder / "metrics.jsonl").write_text(json.dumps({"format_version": 1, "iter": 30}) + "\n")
-    begun = sweep.plan(args)[0]
+    begun = sweep_plan.plan(args)[0]
     assert (begun.status, begun.done) == ("partial", 30) and begun.iterations == 40
     assert sweep_status.estimate_seconds(begun, rates) == pytest.approx(runs[0].images / 4 * runs[0].macs / 1e9 / rate)
-    restarted = sweep.plan(sweep.parse_args([*args_list, "trainer.resume=false"]))[0]  # starts over: all of it
+    # starts over: all of it
+    restarted = sweep_plan.plan(sweep_launch.parse_args([*args_list, "trainer.resume=false"]))[0]
     assert restarted.done == 0
     # a benchmark of another machine is never used
     (tmp_path / "bench" / "latest.json").write_text(json.dumps({**bench, "device_name": "Some Other CPU"}))
@@ -230,8 +234,8 @@ def test_a_precision_the_benchmark_did_not_measure_gets_no_estimate(tmp_path, ca
     row = {"device": "cpu", "precision": "fp32", "suite_images_per_s": 200.0, "macs": 500_000_000}
     (tmp_path / "bench").mkdir()
     (tmp_path / "bench" / "latest.json").write_text(json.dumps({**sweep_status.this_device("cpu"), "rows": [row]}))
-    args = sweep.parse_args(["--exp", "smoke", "--results", str(tmp_path), "trainer.precision=bf16"])
-    runs = sweep.plan(args)
+    args = sweep_launch.parse_args(["--exp", "smoke", "--results", str(tmp_path), "trainer.precision=bf16"])
+    runs = sweep_plan.plan(args)
     assert {r.precision for r in runs} == {"bf16"}
     assert sweep_status.estimate_seconds(runs[0], sweep_status.calibration(str(tmp_path), "cpu")[0]) is None
     sweep_status.print_plan(runs, args)
@@ -244,15 +248,15 @@ def test_a_precision_the_benchmark_did_not_measure_gets_no_estimate(tmp_path, ca
 
 def test_a_sweep_resumed_on_another_kind_of_machine_says_its_precisions_would_mix(tmp_path, capsys):
     # The first run finished in bf16 elsewhere; smoke's runs compute in fp32 here.
-    args = sweep.parse_args(["--exp", "smoke", "--results", str(tmp_path)])
-    folder = sweep.plan(args)[0].folder
+    args = sweep_launch.parse_args(["--exp", "smoke", "--results", str(tmp_path)])
+    folder = sweep_plan.plan(args)[0].folder
     folder.mkdir(parents=True)
     # its config as the run wrote it (the plan now compares it with the recipe asked for), with bf16 recorded
     recorded = OmegaConf.to_container(smoke_cfg(tmp_path, folder.parent.name.split("-")[0]), resolve=True)
     (folder / "config.yaml").write_text(OmegaConf.to_yaml({**recorded, "trainer": {**recorded["trainer"],
                                                                                   "precision_used": "bf16"}}))
     (folder / "summary.json").write_text(json.dumps({"status": "completed"}))
-    runs = sweep.plan(args)
+    runs = sweep_plan.plan(args)
     assert [(r.status, r.precision) for r in runs] == [("completed", "bf16"), ("to do", "fp32")]
     sweep_status.print_plan(runs, args)
     out = capsys.readouterr().out
@@ -261,7 +265,7 @@ def test_a_sweep_resumed_on_another_kind_of_machine_says_its_precisions_would_mi
     # one precision throughout: no note
     (folder / "config.yaml").write_text(OmegaConf.to_yaml({**recorded, "trainer": {**recorded["trainer"],
                                                                                   "precision_used": "fp32"}}))
-    sweep_status.print_plan(sweep.plan(args), args)
+    sweep_status.print_plan(sweep_plan.plan(args), args)
     assert "mix precisions" not in capsys.readouterr().out
 
 
@@ -270,8 +274,8 @@ def test_the_planner_resolves_each_runs_device_and_precision_as_the_run_will(mon
     # benchmark of it the estimate says so instead of borrowing another device's rate.
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
-    args = sweep.parse_args(["--exp", "quick", "--results", "/nonexistent-results"])
-    runs = sweep.plan(args)
+    args = sweep_launch.parse_args(["--exp", "quick", "--results", "/nonexistent-results"])
+    runs = sweep_plan.plan(args)
     assert {(r.device, r.precision) for r in runs} == {("mps", "fp32")}
     sweep_status.print_plan(runs, args)
     assert "estimated time on mps (one job at a time): unknown (no benchmark" in capsys.readouterr().out
@@ -289,7 +293,7 @@ def test_degradation_estimate_agrees_with_the_readme(tmp_path, capsys, monkeypat
     monkeypatch.setattr(sweep_status, "this_device",
                         lambda _: {k: bench[k] for k in ("device", "device_name", "threads", "native_bf16")})
     monkeypatch.setattr(device_mod, "detect_device_type", lambda: "cpu")
-    assert sweep.main(["--exp", "degradation", "--results", str(tmp_path), "--dry-run"]) == 0
+    assert sweep_launch.main(["--exp", "degradation", "--results", str(tmp_path), "--dry-run"]) == 0
     hours = re.search(r"one job at a time\): ~([\d.]+) h \(calibrated by", capsys.readouterr().out)
     readme = re.search(r"~(\d+) h on the 2-core CPU \(fp32, from `make bench`", (REPO / "README.md").read_text())
     assert hours and readme and round(float(hours.group(1))) == int(readme.group(1))
@@ -343,4 +347,4 @@ def test_readme_gives_the_exact_command_of_every_committed_reference():
         argv = ["--exp", v["EXP"], "--seeds", v.get("SEEDS", "1"), "--results", results,
                 *(["--data", v["DATA"]] if "DATA" in v else []), *(["--data-root", v["DATA_ROOT"]] if "DATA_ROOT" in v else []),
                 *shlex.split(v.get("ARGS", ""))]
-        assert sweep.base_overrides(sweep.parse_args(argv)) == recorded, multirun.parent.name
+        assert sweep_request.base_overrides(sweep_launch.parse_args(argv)) == recorded, multirun.parent.name

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from experiments import train as train_mod
-from experiments import trainer as trainer_mod
-from experiments.checks import ConfigError
-from experiments.schedule import LrSchedule
-from experiments.stopping import Interrupted
+from experiments.run import trainer as trainer_mod
+from experiments.run.checks import ConfigError
+from experiments.run.schedule import LrSchedule
+from experiments.run.stopping import Interrupted
 from tests.helpers import TINY, cli, metrics, run_folder, summary, tiny_cfg
 
 ROW_FIELDS = {"format_version", "iter", "epoch", "lr", "warmup", "train_loss", "train_err", "test_loss",
@@ -239,7 +239,7 @@ def test_git_commit_reads_packed_refs_and_is_none_outside_a_checkout(tmp_path):
 def test_progress_lines_in_a_log_carry_iteration_total_percent_and_eta(monkeypatch, capsys):
     from pathlib import Path
 
-    from experiments import progress as P
+    from experiments.run import progress as P
     clock = iter([0.0, 100.0, 100.0, 130.0, 200.0, 200.0, 200.0])  # start; point at 500 (pace, log); 2 updates
     monkeypatch.setattr(P.time, "perf_counter", lambda: next(clock))
     bar = P.Progress("log", total=2000, start=0, folder=Path("resnet-8-A/seed=0"))

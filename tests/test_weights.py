@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from experiments import train as train_mod
-from experiments.evaluate import evaluate_run
 from experiments.models import build_from_config
+from experiments.tools.evaluate import evaluate_run
 from experiments.weights import WEIGHTS, WeightsError, load_trained, run_config
 from tests.helpers import cli, run_folder, summary, tiny_cfg
 

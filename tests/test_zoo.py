@@ -13,14 +13,15 @@ from torch import nn
 
 from analysis import figures
 from analysis.collect import collect
-from experiments import sweep
 from experiments import train as train_mod
-from experiments.checks import ConfigError, check_config
 from experiments.contract import arch_kind, run_name
 from experiments.models import (
     ZOO, PreActBlock, PreActCifarNet, build_from_config, build_model, conv_layers, count_params, response_layers,
     zoo_depth,
 )
+from experiments.run.checks import ConfigError, check_config
+from experiments.sweep import launch as sweep_launch
+from experiments.sweep import request as sweep_request
 from tests.helpers import REPO, run_folder, summary, tiny_cfg
 from tests.test_analysis import write_run
 
@@ -254,10 +255,10 @@ def test_new_experiments_use_the_paper_recipe():
     ("preact", ["preact-110-A", "preact-56-A", "resnet-110-A", "resnet-56-A"]),
 ])
 def test_new_experiments_expand_to_exactly_their_runs(exp, runs):
-    args = sweep.parse_args(["--exp", exp, "--results", "/nonexistent-results"])
+    args = sweep_launch.parse_args(["--exp", exp, "--results", "/nonexistent-results"])
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         folders = []
-        for overrides in sweep.expand(args):
+        for overrides in sweep_request.expand(args):
             cfg = compose("config", overrides=overrides)
             check_config(cfg)
             folders.append(train_mod.folder_of(cfg).parent.name)

@@ -1,69 +1,23 @@
-"""What `make sweep` shows about its runs: each run's state on disk, the plan with time estimates
-(calibrated by a `make bench` of the same device), and the final table with the sweep's exit status."""
+"""What `make sweep` shows about its runs: the plan with time estimates (calibrated by a `make bench` of the
+same device), and the final table with the sweep's exit status. Each run's state on disk is the plan's (plan.py)."""
 from __future__ import annotations
 
-import errno
-import fcntl
-import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from experiments.device import available_cores, cpu_kind, made_on_a_machine_like, nvml_gpu_name
 from experiments.contract import (
     COMPLETED, CORRUPT, DAMAGED, FINISHED, MISSING, FormatError, lost_curve, read_json, read_metrics,
 )
+from experiments.device import available_cores, cpu_kind, made_on_a_machine_like, nvml_gpu_name
+from experiments.sweep.plan import PARTIAL, TRAINING, PlannedRun, locked_elsewhere
 
-if TYPE_CHECKING:
-    from experiments.sweep import PlannedRun
-
-# What the sweep calls a run that is not finished (beside the contract's statuses): not begun, begun
-# (a checkpoint to resume), being trained by another process now, stopped on an error the user must fix.
-TO_DO, PARTIAL, TRAINING, ERROR = "to do", "partial", "training", "error"
-SOURCE_TREE = Path(__file__).resolve().parents[1]  # the checkout this package runs from (if any)
+ERROR = "error"  # beside the plan's statuses: a run stopped on an error the user must fix
+SOURCE_TREE = Path(__file__).resolve().parents[2]  # the checkout this package runs from (if any)
 # Training images/s per GMAC of forward work, measured on this project's machines; used only when
 # no benchmark of a matching device is found (see `make bench` and bench_files).
 # (ResNet-56 at 0.125 GMAC: ~450 img/s bf16 on 2 EPYC cores; the H100 target is 25k img/s.)
 # MPS has no measurement: its estimate needs a `make bench` on the Mac.
 FALLBACK_GMAC_IMAGES_PER_S = {"cpu": 450 * 0.125, "cuda": 25_000 * 0.125}
-
-
-# -- a run's state on disk ----------------------------------------------------------------------------------
-def locked_elsewhere(folder: Path) -> bool:
-    """True while another process holds the run's lock, i.e. is training it right now. The probe holds
-    the lock for microseconds; a trainer arriving meanwhile waits for it (train.LOCK_WAIT_S). It opens
-    the lock file read-only (flock works on any open file; filelock takes the same flock), so a
-    read-only results folder can still be looked at."""
-    try:
-        fd = os.open(folder / ".lock", os.O_RDONLY)
-    except OSError:  # no lock file: never create one (or folders) just to look
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        return e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
-    finally:
-        os.close(fd)  # closing releases our probe lock
-    return False
-
-
-def planned_status(folder: Path) -> str:
-    """completed or diverged (nothing to train), training (locked by another process), partial (a checkpoint
-    to resume from) or to do."""
-    summary = read_json(folder / "summary.json")
-    if isinstance(summary, dict) and summary.get("status") in FINISHED:
-        return summary["status"]
-    return TRAINING if locked_elsewhere(folder) else PARTIAL if (folder / "last.pt").exists() else TO_DO
-
-
-def iterations_done(folder: Path) -> int:
-    """About how far a begun run got: its curve's last point, within one evaluation of the checkpoint it
-    resumes from (a signal checkpoints between evaluations). 0 where the curve is missing or unreadable."""
-    try:
-        points = read_metrics(folder / "metrics.jsonl")
-    except (FormatError, OSError):
-        return 0
-    return points[-1]["iter"] if points else 0
 
 
 # -- the plan, with time estimates --------------------------------------------------------------------------

@@ -12,12 +12,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.checks import ConfigError
+from experiments.contract import FINISHED, read_json
 from experiments.data import DEFAULT_AUGMENT
 from experiments.device import RunDevice
-from experiments.contract import FINISHED, read_json
+from experiments.run.checks import ConfigError
+from experiments.run.schedule import LrSchedule
 from experiments.runfiles import UnsafeCheckpoint, load_checkpoint
-from experiments.schedule import LrSchedule
 
 # Keys (or whole groups) that change what a run computes.
 RESULT_KEYS = ("model", "optim", "schedule", "seed", "data.source", "data.split", "data.train_subset",

@@ -4,7 +4,7 @@ clear line (what is wrong, how to fix it) and no folder on disk.
 `check_config` is the one entry, used by the run (train.run) and by the sweep planner for every run it
 plans. The rules of the data and model groups live next to the code that gives those keys their meaning
 (data.validate_data_config, models.build_model) and are called from here; `auto` resolves in one place,
-device.resolve_trainer. sweep.parse_args checks only the sweep's own command line (EXP, SEEDS,
+device.resolve_trainer. The sweep's parse_args checks only the sweep's own command line (EXP, SEEDS,
 LAUNCHER, JOBS), never a run's config.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from experiments.data import DataError, validate_data_config
 from experiments.device import PRECISIONS, resolve_device
 from experiments.models import build_from_config
-from experiments.stopping import parse_duration
+from experiments.run.stopping import parse_duration
 
 
 class ConfigError(ValueError):

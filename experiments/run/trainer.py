@@ -17,19 +17,19 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from experiments.checks import ConfigError
 from experiments.contract import COMPLETED, DIVERGED, FORMAT_VERSION, jsonl_line, read_metrics
 from experiments.data import DEFAULT_AUGMENT, DeviceBatches, load_data
 from experiments.device import RunDevice, pick_device
 from experiments.faults import fault_point
-from experiments.graphs import GraphedStep
 from experiments.models import build_from_config, count_macs, count_params, response_layers
-from experiments.probes import evaluate, gradient_norms
-from experiments.progress import Progress
-from experiments.resume_guard import result_config
+from experiments.run.checks import ConfigError
+from experiments.run.graphs import GraphedStep
+from experiments.run.probes import evaluate, gradient_norms
+from experiments.run.progress import Progress
+from experiments.run.resume_guard import result_config
+from experiments.run.schedule import RUNNING_ERR_CHECK_EVERY, LrSchedule, RunningError
+from experiments.run.stopping import StopSignals, budget_spent
 from experiments.runfiles import UnsafeCheckpoint, append_metrics, atomic_torch_save, atomic_write_text, load_checkpoint
-from experiments.schedule import RUNNING_ERR_CHECK_EVERY, LrSchedule, RunningError
-from experiments.stopping import StopSignals, budget_spent
 
 # Iterations between the loop's planned host syncs (divergence check and progress); steps in between
 # queue on the device without waiting for the host.
@@ -103,7 +103,7 @@ class Trainer:
         if self.dev.compile:
             torch._dynamo.reset()
         self.model_fn = torch.compile(self.model) if self.dev.compile else self.model
-        # CUDA graphs: the whole step, captured at its first call (after any resume); experiments/graphs.py.
+        # CUDA graphs: the whole step, captured at its first call (after any resume); graphs.py.
         self.graphed = GraphedStep(self._step, self.model, self.opt, capture=self.dev.device.type == "cuda") \
             if self.dev.cuda_graphs else None
         self.total = cfg.schedule.iterations

@@ -1,7 +1,7 @@
 """A completed run's trained net with its own data and arithmetic, for the tools that measure it
-(experiments/lesion.py, experiments/landscape.py), and the JSON files those tools write beside it.
+(lesion.py, landscape.py), and the JSON files those tools write beside it.
 
-The net, data, device and precision are found exactly as `experiments.evaluate` finds them, so an
+The net, data, device and precision are found exactly as evaluate.py finds them, so an
 unchanged net evaluated here gives the run's recorded final test error. A tool's file records the
 settings it was computed with (the weights' hash among them); `up_to_date` lets a rerun skip it.
 """
@@ -21,7 +21,7 @@ from experiments.contract import (COMPLETED, FORMAT_VERSION, FormatError, arch_k
                                   read_json, shortcut_name)
 from experiments.data import DataError, DeviceBatches, load_data
 from experiments.device import RunDevice, pick_device, tool_device
-from experiments.resume_guard import recorded_precision
+from experiments.run.resume_guard import recorded_precision
 from experiments.weights import WEIGHTS, WeightsError, load_trained, run_config
 
 PRECISION_CHOICES = ("run", "fp32", "bf16")  # run: the precision the run trained in (trainer.precision_used)
@@ -82,7 +82,7 @@ class TrainedRun:
 
 def open_run(run_dir: Path, data_root: str | None = None, device: str | None = None,
              precision: str = "run") -> TrainedRun:
-    """A run as experiments.evaluate.evaluate_run sees it (its config, device and recorded precision);
+    """A run as evaluate.evaluate_run sees it (its config, device and recorded precision);
     `precision` other than "run" overrides the recorded one (bf16 is emulated, hence slow, on CPUs
     without native bf16). Raises WeightsError with one line where the folder holds no run."""
     run_dir = Path(run_dir)
