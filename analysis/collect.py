@@ -37,9 +37,9 @@ import yaml
 # The statuses are the contract's; the other analysis modules take them from here, beside Results.
 from experiments.contract import (
     COMPLETED, CORRUPT, DAMAGED, DIVERGED, FORMAT_VERSION, KINDS, MISSING, FormatError, check_version, is_known,
-    lost_curve, parse_run_name, parse_run_path, parse_seed_name, read_metrics,
+    leaves, lost_curve, parse_run_name, parse_run_path, parse_seed_name, read_metrics,
 )
-from analysis.integrity import curve_disorder, identity_mismatch, leaves, recipe_outliers
+from analysis.integrity import curve_disorder, identity_mismatch, recipe_outliers
 
 # What the analysis calls a run beside the contract's statuses: begun and not finished (or killed),
 # and planned by the sweep (plan.json) without a folder yet.

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from experiments.contract import arch_kind, shortcut_name
+from experiments.contract import arch_kind, leaves, shortcut_name
 
 IDENTITY = ("arch", "depth", "shortcut", "seed")
 # Config leaves that change what every run of an experiment computes, so pooled runs must share them
@@ -144,14 +144,3 @@ def _frozen(values: dict) -> str:
 
 def _text(value) -> str:
     return json.dumps(value, default=str)
-
-
-def leaves(tree: dict, prefix: str = "") -> dict:
-    """{"a.b.c": value} for every leaf of a nested dict."""
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out |= leaves(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out

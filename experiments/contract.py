@@ -135,6 +135,18 @@ def atomic_write(path: Path, write, mode: int | None = None) -> None:
         raise
 
 
+def leaves(tree: dict, prefix: str = "") -> dict:
+    """{"a.b.c": value} for every leaf of a nested dict: how a run's config is compared key by key, by the
+    resume guard and by the report alike."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out |= leaves(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def jsonl_line(row: dict) -> str:
     """One line of metrics.jsonl."""
     return json.dumps(row, sort_keys=True) + "\n"

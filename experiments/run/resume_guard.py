@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.contract import FINISHED, read_json
+from experiments.contract import FINISHED, leaves, read_json
 from experiments.data import DEFAULT_AUGMENT
 from experiments.device import RunDevice
 from experiments.run.checks import ConfigError
@@ -82,17 +82,6 @@ def result_config(cfg: DictConfig) -> dict:
             out[key] = resolve(cfg)
         except Exception:
             pass
-    return out
-
-
-def leaves(tree: dict, prefix: str = "") -> dict:
-    """{"a.b.c": value} for every leaf of a nested dict."""
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out |= leaves(v, f"{prefix}{k}.")
-        else:
-            out[f"{prefix}{k}"] = v
     return out
 
 

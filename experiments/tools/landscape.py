@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from experiments.tools.trained_run import (USER_ERRORS, OptionError, TrainedRun, check_positive,
-                                           common_options, open_from_args, read_result, up_to_date, write_result)
+                                           common_options, read_result, run_tool, up_to_date, write_result)
 
 LANDSCAPE = "landscape.json"
 POINTS, GRID, SUBSET, SPAN = 21, 11, 500, 1.0  # why these sizes: the module's docstring
@@ -191,15 +191,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         check_options(args)
-        run = open_from_args(args, args.run_dir)
-        result, computed = measure(run, args.points, args.grid if args.two_d else None, args.subset,
-                                   args.direction_seed, args.span, args.force)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    verb = "wrote" if computed else "up to date (same settings; --force recomputes):"
-    print(f"{verb} {args.run_dir / LANDSCAPE}: {describe(result)}")
-    return 0
+    return run_tool(args, lambda run: measure(run, args.points, args.grid if args.two_d else None, args.subset,
+                                              args.direction_seed, args.span, args.force),
+                    args.run_dir / LANDSCAPE, describe)
 
 
 if __name__ == "__main__":

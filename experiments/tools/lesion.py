@@ -32,7 +32,7 @@ from tqdm import tqdm
 from experiments.models import BasicBlock, Bottleneck, PreActBlock, ZeroPadShortcut
 from experiments.run.probes import evaluate
 from experiments.tools.trained_run import (USER_ERRORS, TrainedRun, check_positive, common_options,
-                                           open_from_args, read_result, up_to_date, write_result)
+                                           read_result, run_tool, up_to_date, write_result)
 
 LESION = "lesion.json"
 BLOCKS = (BasicBlock, Bottleneck, PreActBlock)
@@ -199,14 +199,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         check_positive(args, "eval_images", "max_k", "draws")
-        run = open_from_args(args, args.run_dir)
-        result, computed = measure(run, args.eval_images, args.max_k, args.draws, args.lesion_seed, args.force)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    verb = "wrote" if computed else "up to date (same settings; --force recomputes):"
-    print(f"{verb} {args.run_dir / LESION}: {describe(result)}")
-    return 0
+    return run_tool(args, lambda run: measure(run, args.eval_images, args.max_k, args.draws, args.lesion_seed,
+                                              args.force), args.run_dir / LESION, describe)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import sys
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -158,3 +159,17 @@ def check_positive(args, *names: str) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise OptionError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+
+
+def run_tool(args, measure_run, path: Path, describe) -> int:
+    """The end of a measuring tool's main: open the run, `measure_run(run)` -> (result, computed), one line
+    saying what was written (or that the file is up to date); a user error is one line and exit 2."""
+    try:
+        result, computed = measure_run(open_from_args(args, args.run_dir))
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    verb = "wrote" if computed else "up to date (same settings; --force recomputes):"
+    print(f"{verb} {path}: {describe(result)}")
+    return 0
+
