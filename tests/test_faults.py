@@ -606,8 +606,8 @@ def test_a_key_the_suite_gained_later_does_not_make_an_old_run_a_different_confi
 
 
 def test_no_committed_reference_run_is_a_different_config_to_this_suite():
-    """`make sweep` over a finished reference run must find it done, not refuse it: what this code composes
-    for each committed run matches the config.yaml the run was written with."""
+    """`make sweep` over a committed reference run must find it done (or resume a partial one), not refuse it:
+    what this code composes for each committed run matches the config.yaml the run was written with."""
     saved = sorted((REPO / "results" / "reference").glob("*/runs/*/seed=*/config.yaml"))
     assert saved, "no committed reference runs"
     for path in saved:
@@ -619,7 +619,10 @@ def test_no_committed_reference_run_is_a_different_config_to_this_suite():
                 f"model={m['arch']}", f"model.depth={m['depth']}", f"model.shortcut={m['shortcut']}",
                 f"seed={cfg['seed']}"])
         saved = resume_guard.saved_result_config(path)
-        assert resume_guard.changed_keys(saved, resume_guard.result_config(now)) == [], path
+        # compared as the guard compares: a partial run begun with an explicit fp32 resumes under `fast`
+        as_computed = resume_guard.precision_as_computed(saved, resume_guard.result_config(now),
+                                                         resume_guard.recorded_precision(path))
+        assert resume_guard.changed_keys(*as_computed) == [], path
 
 
 def _rerun_sweep(results: Path, *extra: str):
