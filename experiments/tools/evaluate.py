@@ -12,35 +12,23 @@ import sys
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 from experiments.contract import read_json
-from experiments.data import DataError, DeviceBatches, load_data
-from experiments.device import pick_device
+from experiments.data import DataError
 from experiments.run.probes import evaluate
-from experiments.run.resume_guard import recorded_precision
-from experiments.weights import WeightsError, load_trained, run_config
+from experiments.tools.trained_run import open_run
+from experiments.weights import WeightsError, run_config
 
 
 def evaluate_run(run_dir: Path, data_root: str | None = None, device: str | None = None) -> dict:
     """{"test_err", "test_loss", "eval_size", "recorded_test_err", "precision", "device"} of the run's net."""
-    cfg = run_config(run_dir)
-    model = load_trained(run_dir)
-    with open_dict(cfg):
-        if data_root is not None:
-            cfg.data.root = data_root
-        if device is not None:
-            cfg.trainer.device = device
-    dev = pick_device(cfg.trainer, recorded_precision(run_dir / "config.yaml"))
-    data = load_data(cfg.data)
-    batches = DeviceBatches(data, dev.device, cfg.optim.batch_size, cfg.seed,
-                            augment=cfg.data.get("augment", "crop_flip"), channels_last=dev.channels_last)
-    model.to(dev.device, memory_format=dev.memory_format)
-    row = evaluate(model, batches, dev.autocast, cfg.trainer.eval_batch_size)
-    summary = read_json(run_dir / "summary.json")
+    run = open_run(run_dir, data_root, device)
+    row = evaluate(run.model, run.batches, run.dev.autocast, run.cfg.trainer.eval_batch_size)
+    summary = read_json(Path(run_dir) / "summary.json")
     recorded = summary.get("final_test_err") if isinstance(summary, dict) else None
-    return {"test_err": row["test_err"], "test_loss": row["test_loss"], "eval_size": len(data.eval_labels),
-            "recorded_test_err": recorded, "precision": dev.precision, "device": str(dev.device)}
+    return {"test_err": row["test_err"], "test_loss": row["test_loss"], "eval_size": len(run.batches.eval_labels),
+            "recorded_test_err": recorded, "precision": run.dev.precision, "device": str(run.dev.device)}
 
 
 def main(argv=None) -> int:

@@ -1,7 +1,7 @@
 """A completed run's trained net with its own data and arithmetic, for the tools that measure it
-(lesion.py, landscape.py), and the JSON files those tools write beside it.
+(evaluate.py, lesion.py, landscape.py), and the JSON files those tools write beside it.
 
-The net, data, device and precision are found exactly as evaluate.py finds them, so an
+The net, data, device and precision are found here once for all of them, so an
 unchanged net evaluated here gives the run's recorded final test error. A tool's file records the
 settings it was computed with (the weights' hash among them); `up_to_date` lets a rerun skip it.
 """
@@ -20,7 +20,7 @@ from omegaconf import DictConfig, open_dict
 
 from experiments.contract import (COMPLETED, FORMAT_VERSION, FormatError, arch_kind, atomic_write, check_version,
                                   read_json, shortcut_name)
-from experiments.data import DataError, DeviceBatches, load_data
+from experiments.data import DEFAULT_AUGMENT, DataError, DeviceBatches, load_data
 from experiments.device import RunDevice, pick_device, tool_device
 from experiments.run.resume_guard import recorded_precision
 from experiments.weights import WEIGHTS, WeightsError, load_trained, run_config
@@ -67,7 +67,7 @@ class TrainedRun:
     def batches(self) -> DeviceBatches:
         cfg = self.cfg
         return DeviceBatches(load_data(cfg.data), self.dev.device, cfg.optim.batch_size, cfg.seed,
-                             augment=cfg.data.get("augment", "crop_flip"), channels_last=self.dev.channels_last)
+                             augment=cfg.data.get("augment", DEFAULT_AUGMENT), channels_last=self.dev.channels_last)
 
     def identity(self) -> dict:
         m = self.cfg.model
@@ -83,7 +83,7 @@ class TrainedRun:
 
 def open_run(run_dir: Path, data_root: str | None = None, device: str | None = None,
              precision: str = "run") -> TrainedRun:
-    """A run as evaluate.evaluate_run sees it (its config, device and recorded precision);
+    """A completed run opened for measuring: its config, device and recorded precision;
     `precision` other than "run" overrides the recorded one (bf16 is emulated, hence slow, on CPUs
     without native bf16). Raises WeightsError with one line where the folder holds no run."""
     run_dir = Path(run_dir)
