@@ -118,7 +118,10 @@ def _plan(args) -> list[PlannedRun]:
                 raise SweepError(f"run {cfg.model.arch}-{cfg.model.depth} seed={cfg.seed}: {e}") from None
             m, folder = cfg.model, folder_of(cfg)
             where, status = resolve_trainer(cfg.trainer, planning=True), planned_status(folder)
-            refuse_mixing(cfg, folder, status, finished.setdefault(folder.parents[1], finished_recipes(folder.parents[1])))
+            runs_dir = folder.parents[1]
+            if runs_dir not in finished:  # every finished run's config.yaml read once per sweep, not once per job
+                finished[runs_dir] = finished_recipes(runs_dir)
+            refuse_mixing(cfg, folder, status, finished[runs_dir])
             # a finished run computed, and a partial one resumes, in the precision it recorded
             recorded = recorded_precision(folder / "config.yaml") if status != TO_DO else None
             runs.append(PlannedRun(overrides, folder, status, cfg.schedule.iterations,
